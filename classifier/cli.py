@@ -1,0 +1,89 @@
+"""Command-line interfaces: argument parsing, printing, exit status; nothing else.
+
+Each *_main(argv) returns the process exit status: 0 success, 1 a ClassifierError (printed
+on one line), 2 bad arguments (argparse's own convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import MISSING, fields
+
+from classifier.errors import ClassifierError
+
+
+def _parse_ints(text: str) -> tuple:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
+    """One flag per dataclass field: --field-name, typed and documented from the field."""
+    for f in fields(config_class):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"] + " (default: %(default)s)"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, type=_parse_ints, default=default, metavar="N,N,...",
+                                help=f.metadata["help"] + f" (default: {','.join(map(str, default))})")
+        else:
+            parser.add_argument(flag, type=type(default), default=default,
+                                choices=f.metadata.get("choices"), help=help_text)
+
+
+def _run(command, *args) -> int:
+    try:
+        result = command(*args)
+    except ClassifierError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    from classifier.models import list_models
+    from classifier.train import TrainConfig, train
+
+    parser = argparse.ArgumentParser(
+        prog="train.py", description="Train an image classifier on a folder of photos.")
+    _add_config_flags(parser, TrainConfig)
+    parser.add_argument("--list-models", action="store_true", help="print the model names and exit")
+    args = vars(parser.parse_args(argv))
+    if args.pop("list_models"):
+        print("\n".join(list_models()))
+        return 0
+    return _run(train, TrainConfig(**args))
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    from classifier.predict import Classifier, expand_paths, format_result
+
+    parser = argparse.ArgumentParser(
+        prog="predict.py", description="Classify photos with a trained checkpoint.")
+    parser.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    parser.add_argument("--checkpoint", default="checkpoints/best.pt", help="checkpoint to use (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=0, help="decoding threads, 0 for one per core (default: %(default)s)")
+    parser.add_argument("--tta", action="store_true", help="average each image with its mirror image")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="(default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        classifier = Classifier.load(args.checkpoint, args.device)
+        failures = 0
+        results = classifier.predict_paths(expand_paths(args.paths), args.batch_size, args.tta,
+                                           args.workers or None)
+        for result in results:
+            failures += "error" in result
+            line = json.dumps(result) if args.json else format_result(result)
+            print(line, file=sys.stderr if "error" in result and not args.json else sys.stdout, flush=True)
+        return 1 if failures else 0
+
+    return _run(run)

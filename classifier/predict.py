@@ -1,0 +1,117 @@
+"""Inference: a checkpoint and photos in, class probabilities out.
+
+    from classifier import Classifier
+    model = Classifier.load("checkpoints/best.pt")
+    model.predict("cat.jpg")            # {"cat": 0.97, "dog": 0.03}
+
+`logits_for` is the one place where a batch of decoded images becomes model outputs; the
+training loop's evaluation calls it too, so a model is measured exactly as it is used.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+from PIL import Image
+from torch import nn
+
+from classifier.checkpoint import load_checkpoint, model_from_checkpoint
+from classifier.data import Preprocessing, walk_images, decode_stream
+from classifier.errors import ClassifierError
+from classifier.runtime import autocast, select_device
+
+
+def logits_for(model: nn.Module, images: torch.Tensor, preprocessing: Preprocessing,
+               tta: bool = False, precision: str = "fp32") -> torch.Tensor:
+    """uint8 images [N, 3, S, S] (on the model's device) -> logits [N, classes], in float32.
+
+    tta averages the logits of each image and its mirror image.
+    """
+    x = preprocessing.normalize(images)
+    with autocast(images.device, precision):
+        logits = model(x).float()
+        if tta:
+            logits = (logits + model(x.flip(-1)).float()) / 2
+    return logits
+
+
+@dataclass
+class Classifier:
+    """A trained model ready to use: weights, class names, preprocessing and temperature."""
+
+    model: nn.Module
+    classes: list[str]
+    preprocessing: Preprocessing
+    temperature: float = 1.0
+    device: torch.device = torch.device("cpu")
+
+    @classmethod
+    def load(cls, path: str | Path = "checkpoints/best.pt", device: str = "auto") -> "Classifier":
+        device = select_device(device)
+        checkpoint = load_checkpoint(path)
+        model = model_from_checkpoint(checkpoint, path).to(device).eval()
+        return cls(model, checkpoint["classes"], Preprocessing(**checkpoint["preprocessing"]),
+                   float(checkpoint.get("temperature", 1.0)), device)
+
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """uint8 images [N, 3, S, S] -> probabilities [N, classes]."""
+        logits = logits_for(self.model, images.to(self.device), self.preprocessing, tta)
+        return (logits / self.temperature).softmax(dim=1).cpu()
+
+    def predict(self, image: str | Path | Image.Image, tta: bool = False) -> dict[str, float]:
+        """One photo (a path or a PIL image) -> {class name: probability}."""
+        probabilities = self.probabilities(self.preprocessing.decode(image)[None], tta)[0]
+        return dict(zip(self.classes, probabilities.tolist()))
+
+    def predict_paths(self, paths: Iterable[str], batch_size: int = 64, tta: bool = False,
+                      workers: int | None = None) -> Iterator[dict]:
+        """Yield one result per path, in order: {"path", "label", "probabilities"} or
+        {"path", "error"}. Decoding runs ahead in threads; one bad file stops nothing."""
+        pending: list[tuple[str, torch.Tensor]] = []
+
+        def flush():
+            probabilities = self.probabilities(torch.stack([t for _, t in pending]), tta)
+            for (path, _), row in zip(pending, probabilities.tolist()):
+                yield {"path": path, "label": self.classes[max(range(len(row)), key=row.__getitem__)],
+                       "probabilities": {c: round(p, 6) for c, p in zip(self.classes, row)}}
+            pending.clear()
+
+        for path, tensor, error in decode_stream(paths, self.preprocessing.decode, workers):
+            if error is not None:
+                if pending:
+                    yield from flush()
+                yield {"path": str(path), "error": error}
+                continue
+            pending.append((str(path), tensor))
+            if len(pending) == batch_size:
+                yield from flush()
+        if pending:
+            yield from flush()
+
+
+def expand_paths(paths: Iterable[str]) -> Iterator[str]:
+    """Files as given; folders expanded recursively to the image files inside."""
+    for path in paths:
+        if Path(path).is_dir():
+            yield from walk_images(Path(path))
+        else:
+            yield path
+
+
+def format_result(result: dict) -> str:
+    """One readable line: label, every class probability, path."""
+    if "error" in result:
+        return f"error  {result['error']}"
+    probabilities = "  ".join(f"{c} {p:.3f}" for c, p in result["probabilities"].items())
+    return f"{result['label']:<8} {probabilities}  {result['path']}"
+
+
+if __name__ == "__main__":
+    from classifier.cli import predict_main
+
+    sys.exit(predict_main())

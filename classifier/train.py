@@ -1,0 +1,338 @@
+"""The training loop: forward, loss, backward, step; evaluate; checkpoint. Plain PyTorch.
+
+    python train.py --data DIR --model convnet --epochs 30
+
+Every setting is a field of TrainConfig; the command line is generated from it and a
+checkpoint stores it, so a run can always be repeated or resumed with the same settings.
+
+Randomness (shuffling, augmentation, dropout) is drawn from generators seeded by
+(seed, epoch, step), so a run interrupted at any step and resumed gives the same weights
+and the same metrics as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from classifier.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from classifier.data import (Augmentation, Batches, Preprocessing, augment, decode_images,
+                             default_cache_dir, default_data_dir, find_dataset)
+from classifier.errors import ClassifierError
+from classifier.models import create_model, model_arguments, model_entry
+from classifier.predict import logits_for
+from classifier.runtime import autocast, select_device
+
+
+def option(default, help: str, **extra):
+    """A TrainConfig field: its default and the --help text of its command-line flag."""
+    factory = (lambda: default) if isinstance(default, (list, tuple)) else None
+    kwargs = {"default_factory": factory} if factory else {"default": default}
+    return field(metadata={"help": help, **extra}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = option(default_data_dir(), "image folder (train/ and val/, class folders, or cat.1.jpg files)")
+    val_fraction: float = option(0.2, "share of each class held out for validation when DIR has no val/")
+    image_size: int = option(64, "images are resized to this many pixels square")
+    cache_dir: str = option(default_cache_dir(), "where decoded images are cached ('' to disable)")
+    workers: int = option(0, "decoding threads (0: one per CPU core)")
+    # model
+    model: str = option("convnet", "model name, see --list-models")
+    pretrained: bool = option(False, "start from the model's pretrained weights (backbones only)")
+    hidden: tuple = option((512, 128), "mlp: hidden layer sizes, comma-separated ('' for none)")
+    activation: str = option("relu", "mlp: activation function", choices=("relu", "sigmoid", "tanh", "gelu"))
+    channels: tuple = option((32, 64, 128, 256), "convnet: channels of each stage")
+    blocks: int = option(1, "convnet: residual blocks per stage")
+    dropout: float = option(0.2, "convnet: dropout before the output layer")
+    # optimization
+    loss: str = option("ce", "ce: cross-entropy; mse: squared error of softmax probabilities", choices=("ce", "mse"))
+    label_smoothing: float = option(0.0, "ce: weight moved from the true class to all classes")
+    optimizer: str = option("sgd", "optimizer", choices=("sgd", "adamw"))
+    lr: float = option(0.05, "peak learning rate")
+    momentum: float = option(0.9, "sgd momentum (0 for plain gradient descent)")
+    nesterov: bool = option(True, "sgd: Nesterov momentum")
+    weight_decay: float = option(5e-4, "weight decay (not applied to biases and norm layers)")
+    schedule: str = option("cosine", "learning rate after warmup", choices=("cosine", "constant"))
+    warmup_epochs: float = option(1.0, "epochs of linear learning-rate warmup")
+    epochs: int = option(10, "passes over the training images")
+    batch_size: int = option(64, "images per step")
+    augment: bool = option(True, "random resized crops and flips while training")
+    min_scale: float = option(0.35, "smallest share of the image area a random crop keeps")
+    tta: bool = option(False, "evaluate on each image and its mirror image, averaged")
+    # run
+    seed: int = option(0, "seed for the split, initialization, shuffling and augmentation")
+    device: str = option("auto", "auto, cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
+    precision: str = option("fp32", "fp32, or bf16 autocast", choices=("fp32", "bf16", "fp16"))
+    out: str = option("checkpoints", "output folder for best.pt, last.pt and metrics.jsonl")
+    init: str = option("", "start from this checkpoint's weights (fine-tuning; new classes get a new output layer)")
+    freeze: bool = option(False, "train only the output layer (with --init or --pretrained)")
+    resume: str = option("", "continue an interrupted run from its last.pt")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def compute_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
+    """ce: cross-entropy; mse: the article's error, mean squared difference between the
+    softmax probabilities and the one-hot target."""
+    if kind == "ce":
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    one_hot = F.one_hot(targets, logits.shape[1]).float()
+    return F.mse_loss(logits.softmax(dim=1), one_hot)
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in trainable if p.ndim > 1], "weight_decay": config.weight_decay},
+        {"params": [p for n, p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov and config.momentum > 0)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def make_schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
+    """Linear warmup, then cosine decay to zero (or constant), updated every step."""
+    warmup = max(1, round(config.warmup_epochs * steps_per_epoch))
+    total = max(config.epochs * steps_per_epoch, warmup + 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.inference_mode()
+def evaluate(model, batches, preprocessing, device, config: TrainConfig) -> dict:
+    """Loss and accuracy on images the model does not train on."""
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, labels in batches:
+        images, labels = images.to(device), labels.to(device)
+        logits = logits_for(model, images, preprocessing, config.tta, config.precision)
+        total_loss += compute_loss(config.loss, logits, labels).item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+
+def build_model(config: TrainConfig, classes: list[str]):
+    """The model and its preprocessing: new, pretrained, or from --init's checkpoint."""
+    if not config.init:
+        entry = model_entry(config.model)
+        preprocessing = Preprocessing(**{"image_size": config.image_size, **entry.preprocessing})
+        model = create_model(config.model, len(classes), pretrained=config.pretrained,
+                             **model_arguments(config.model, asdict(config)))
+        return model, preprocessing
+    checkpoint = load_checkpoint(config.init)
+    model = create_model(**checkpoint["model"])
+    load_weights(model, checkpoint["state_dict"], config.init)
+    if checkpoint["classes"] != classes:
+        model.reset_classifier(len(classes))
+        print(f"{config.init} was trained on {checkpoint['classes']}; this data has {classes}: "
+              f"new output layer for {len(classes)} classes, all other weights kept")
+    return model, Preprocessing(**checkpoint["preprocessing"])
+
+
+def freeze_all_but_classifier(model: nn.Module) -> None:
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    for parameter in model.get_classifier().parameters():
+        parameter.requires_grad = True
+
+
+def set_train_mode(model: nn.Module, frozen: bool) -> None:
+    """Training mode; a frozen body stays in eval mode so its batch-norm statistics stay put."""
+    model.train(not frozen)
+    model.get_classifier().train()
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before training, not after an hour, if checkpoints cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as error:
+        raise ClassifierError(f"{folder}: cannot write checkpoints there ({error.strerror or error})") from None
+
+
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    return (seed * 1_000_003 + epoch) * 100_003 + step
+
+
+class StopSignal:
+    """While active, Ctrl-C (SIGINT) and SIGTERM ask the loop to stop after the current step,
+    so the state it saves is consistent; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = ""
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def train(config: TrainConfig) -> dict:
+    """Run a whole training; returns the final epoch's metrics."""
+    resume_state = None
+    if config.resume:
+        resumed = load_checkpoint(config.resume)
+        if "training_state" not in resumed:
+            raise ClassifierError(f"{config.resume}: holds no training state; resume from a last.pt")
+        config = TrainConfig.from_dict({**resumed["config"], "resume": config.resume})
+        resume_state = resumed["training_state"]
+    config = replace(config)  # the batch size may be lowered below; leave the caller's alone
+
+    torch.manual_seed(config.seed)
+    device = select_device(config.device)
+    out = Path(config.out)
+    check_writable(out)
+
+    dataset = find_dataset(config.data, config.val_fraction, config.seed)
+    model, preprocessing = build_model(config, dataset.classes)
+    if resume_state is not None:
+        load_weights(model, resumed["state_dict"], config.resume)
+    if config.freeze:
+        freeze_all_but_classifier(model)
+    model.to(device)
+
+    cache = config.cache_dir or None
+    workers = config.workers or None
+    train_images = decode_images(dataset.train.paths, dataset.train.labels, preprocessing, cache,
+                                 workers, desc="decoding train")
+    val_images = decode_images(dataset.val.paths, dataset.val.labels, preprocessing, cache,
+                               workers, desc="decoding val")
+    skipped = train_images.skipped + val_images.skipped
+    if skipped:
+        (out / "skipped.txt").write_text("".join(f"{reason}\n" for _, reason in skipped))
+        print(f"skipped {len(skipped)} unreadable image(s), listed in {out / 'skipped.txt'}")
+    print(f"{config.data} ({dataset.layout}): {len(train_images)} train, {len(val_images)} val "
+          f"images, classes {dataset.classes}; model {config.model} on {device}")
+    if len(train_images) < config.batch_size:
+        config.batch_size = max(1, len(train_images))
+
+    optimizer = make_optimizer(config, model)
+    train_batches = Batches(train_images, config.batch_size, shuffle=True, drop_last=True)
+    val_batches = Batches(val_images, 256)
+    scheduler = make_schedule(config, optimizer, len(train_batches))
+    policy = Augmentation(min_scale=config.min_scale) if config.augment else None
+
+    start_epoch, start_step, best_accuracy, running = 0, 0, -1.0, [0.0, 0, 0]
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        start_epoch, start_step = resume_state["epoch"], resume_state["step"]
+        best_accuracy, running = resume_state["best_accuracy"], list(resume_state["running"])
+        print(f"resuming {config.resume} at epoch {start_epoch + 1}, step {start_step}")
+
+    def save(name: str, epoch: int, step: int, metrics: dict, with_state: bool):
+        extra = {"epoch": epoch, "metrics": metrics, "config": asdict(config)}
+        if with_state:
+            extra["training_state"] = {
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "step": step, "best_accuracy": best_accuracy, "running": running}
+        save_checkpoint(out / name, model, dataset.classes, preprocessing.to_dict(), **extra)
+
+    def stop_here(epoch: int, step: int, metrics: dict, reason: str):
+        save("last.pt", epoch, step, metrics, with_state=True)
+        raise ClassifierError(
+            f"stopped by {reason} at epoch {epoch + 1}, step {step}; progress saved. "
+            f"Resume with: python train.py --resume {out / 'last.pt'}")
+
+    metrics = {}
+    with StopSignal() as stop:
+        for epoch in range(start_epoch, config.epochs):
+            set_train_mode(model, config.freeze)
+            train_batches.generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, -1))
+            started = time.perf_counter()
+            progress = tqdm(train_batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                            disable=None)
+            for step, (images, labels) in enumerate(progress):
+                if step < start_step:
+                    continue  # resuming mid-epoch: these batches were already trained on
+                generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, step))
+                torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout
+                images, labels = images.to(device), labels.to(device)
+                x = augment(images, generator, policy) if policy else images
+                with autocast(device, config.precision):
+                    logits = model(preprocessing.normalize(x)).float()
+                loss = compute_loss(config.loss, logits, labels, config.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise ClassifierError(
+                        f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}: training "
+                        f"diverged; try a lower --lr (now {config.lr}); saved checkpoints were kept")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                running[0] += loss.item() * len(labels)
+                running[1] += (logits.argmax(1) == labels).sum().item()
+                running[2] += len(labels)
+                progress.set_postfix(loss=f"{running[0] / running[2]:.4f}",
+                                     acc=f"{running[1] / running[2]:.3f}")
+                if stop.requested and step + 1 < len(train_batches):
+                    stop_here(epoch, step + 1, metrics, stop.requested)
+            seconds = time.perf_counter() - started
+            val = evaluate(model, val_batches, preprocessing, device, config)
+            if not math.isfinite(val["loss"]):
+                raise ClassifierError(
+                    f"the validation loss became {val['loss']} at epoch {epoch + 1}: training "
+                    f"diverged; try a lower --lr (now {config.lr}); saved checkpoints were kept")
+            metrics = {
+                "epoch": epoch + 1, "train_loss": running[0] / max(running[2], 1),
+                "train_accuracy": running[1] / max(running[2], 1), "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(seconds, 3), "images_per_second": round(running[2] / seconds, 1),
+            }
+            print(f"epoch {epoch + 1}/{config.epochs}  train loss {metrics['train_loss']:.4f} "
+                  f"acc {metrics['train_accuracy']:.2%}  val loss {val['loss']:.4f} "
+                  f"acc {val['accuracy']:.2%}  lr {metrics['lr']:.4g}  {seconds:.1f}s  "
+                  f"{metrics['images_per_second']:.0f} img/s")
+            with open(out / "metrics.jsonl", "a") as log:
+                log.write(json.dumps(metrics) + "\n")
+            start_step, running = 0, [0.0, 0, 0]
+            if val["accuracy"] > best_accuracy:
+                best_accuracy = val["accuracy"]
+                save("best.pt", epoch + 1, 0, metrics, with_state=False)
+            save("last.pt", epoch + 1, 0, metrics, with_state=True)
+            if stop.requested and epoch + 1 < config.epochs:
+                stop_here(epoch + 1, 0, metrics, stop.requested)
+    return metrics
+
+
+if __name__ == "__main__":
+    from classifier.cli import train_main
+
+    sys.exit(train_main())

@@ -1,0 +1,58 @@
+"""Shared fixtures: small real subsets of ../shared/data/catsdogs and images made on the spot."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path:
+    return Path(os.environ.get("CATSDOGS_DATA", REPO.parent / "shared" / "data" / "catsdogs"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    root = real_data_dir()
+    if not (root / "train" / "cat").is_dir():
+        pytest.skip(f"real photos not found at {root}; set CATSDOGS_DATA (see README)")
+    return root
+
+
+def copy_subset(root: Path, out: Path, per_class: dict[str, int], classes=("cat", "dog")) -> Path:
+    """out/<split>/<class>/ with the first n photos of each class of root/<split>/."""
+    for split, n in per_class.items():
+        for name in classes:
+            files = sorted((root / split / name).iterdir(), key=lambda p: int(p.name.split(".")[1]))[:n]
+            target = out / split / name
+            target.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                shutil.copy(f, target / f.name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_real(real_data, tmp_path_factory) -> Path:
+    """200 train and 100 val photos per class: enough to learn something in seconds at 32 px."""
+    return copy_subset(real_data, tmp_path_factory.mktemp("small_real"), {"train": 200, "val": 100})
+
+
+@pytest.fixture(scope="session")
+def tiny_real(real_data, tmp_path_factory) -> Path:
+    """12 train and 6 val photos per class, for tests of mechanics rather than learning."""
+    return copy_subset(real_data, tmp_path_factory.mktemp("tiny_real"), {"train": 12, "val": 6})
+
+
+def make_image(path: Path, color=(200, 30, 30), size=(40, 30), mode="RGB", fmt=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color if mode == "RGB" else 128).save(path, format=fmt)
+    return path
+
+
+def train_args(data, out, cache, *extra) -> list[str]:
+    """Command-line flags for a fast test run."""
+    return ["--data", str(data), "--out", str(out), "--cache-dir", str(cache), "--image-size", "32",
+            "--batch-size", "16", "--channels", "8,16", "--device", "cpu", *map(str, extra)]

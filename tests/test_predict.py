@@ -1,0 +1,73 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from classifier.cli import predict_main, train_main
+from classifier.predict import Classifier
+from conftest import REPO, train_args
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_real, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    assert train_main(train_args(tiny_real, out, out / "cache", "--epochs", 1)) == 0
+    return out / "best.pt"
+
+
+def test_python_api_paths_and_pil_images(trained, tiny_real):
+    model = Classifier.load(trained)
+    photo = next((tiny_real / "val" / "cat").iterdir())
+    from_path, from_image = model.predict(photo), model.predict(Image.open(photo))
+    assert set(from_path) == {"cat", "dog"} and sum(from_path.values()) == pytest.approx(1)
+    assert from_image == pytest.approx(from_path, abs=2e-3)  # a path decodes JPEG in draft mode
+    assert model.predict(photo, tta=True) != pytest.approx(from_path, abs=1e-9)
+
+
+def test_predict_json_for_folders_recursively_with_a_broken_file(trained, tiny_real, tmp_path, capsys):
+    shutil.copytree(tiny_real / "val", tmp_path / "photos")
+    (tmp_path / "photos" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    status = predict_main([str(tmp_path / "photos"), "--checkpoint", str(trained), "--json", "--batch-size", "5"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert status == 1  # one image could not be classified
+    assert len(lines) == 13
+    errors = [r for r in lines if "error" in r]
+    assert len(errors) == 1 and errors[0]["path"].endswith("broken.jpg") and "broken.jpg" in errors[0]["error"]
+    model = Classifier.load(trained)
+    for result in lines:
+        if "error" not in result:
+            assert result["label"] == max(result["probabilities"], key=result["probabilities"].get)
+            assert result["probabilities"] == pytest.approx(model.predict(result["path"]), abs=1e-5)
+
+
+def test_predict_readable_lines_and_exit_status(trained, tiny_real, capsys):
+    photos = sorted((tiny_real / "val" / "dog").iterdir())[:2]
+    assert predict_main([str(p) for p in photos] + ["--checkpoint", str(trained)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    for line, photo in zip(lines, photos):
+        label, cat_word, cat_p, dog_word, dog_p, path = line.split()
+        assert label in ("cat", "dog") and (cat_word, dog_word) == ("cat", "dog")
+        assert float(cat_p) + float(dog_p) == pytest.approx(1, abs=2e-3) and path == str(photo)
+
+
+def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    assert predict_main(["x.jpg", "--checkpoint", str(tmp_path / "nope.pt")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "nope.pt: no such checkpoint" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("entry", [["predict.py"], ["-m", "classifier.predict"], ["-m", "classifier.train"]])
+def test_entry_points_run(entry):
+    result = subprocess.run([sys.executable, *entry, "--help"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and "--" in result.stdout and "usage:" in result.stdout
+
+
+def test_console_scripts_are_installed():
+    bin_dir = REPO / ".venv" / "bin"
+    scripts = [shutil.which(name, path=str(bin_dir)) or shutil.which(name) for name in ("classifier-train", "classifier-predict")]
+    assert all(scripts), "pip install -e . should install classifier-train and classifier-predict"
+    assert "--checkpoint" in subprocess.run([scripts[1], "--help"], capture_output=True, text=True).stdout

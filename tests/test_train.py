@@ -1,0 +1,128 @@
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import classifier.train as train_module
+from classifier.checkpoint import load_checkpoint
+from classifier.cli import train_main
+from classifier.predict import Classifier
+from conftest import copy_subset, make_image, train_args
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_convnet_learns_on_real_photos(small_real, tmp_path):
+    assert train_main(train_args(small_real, tmp_path / "run", tmp_path / "cache", "--epochs", 12,
+                                 "--lr", 0.02, "--no-augment")) == 0
+    log = metrics(tmp_path / "run")
+    assert len(log) == 12
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    assert max(m["val_accuracy"] for m in log) >= 0.60  # 200 val photos: chance is 0.50 +- 0.035
+
+
+def test_article_network_sigmoid_mlp_mse_plain_sgd_beats_chance(real_data, tmp_path):
+    """The article's setup: sigmoid neurons, squared error, plain gradient descent, 1000 val photos."""
+    args = ["--data", real_data, "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache",
+            "--model", "mlp", "--image-size", 16, "--hidden", 32, "--activation", "sigmoid",
+            "--loss", "mse", "--optimizer", "sgd", "--momentum", 0, "--weight-decay", 0,
+            "--no-augment", "--lr", 0.5, "--batch-size", 16, "--epochs", 10]
+    assert train_main([str(a) for a in args]) == 0
+    log = metrics(tmp_path / "run")
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    assert log[-1]["val_accuracy"] >= 0.55  # 1000 val photos: chance is 0.50 +- 0.016
+
+
+def test_checkpoint_is_self_describing(tiny_real, tmp_path):
+    out = tmp_path / "run"
+    assert train_main(train_args(tiny_real, out, tmp_path / "cache", "--epochs", 2)) == 0
+    best, last = load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")
+    assert best["classes"] == ["cat", "dog"]
+    assert best["model"] == {"name": "convnet", "num_classes": 2, "channels": [8, 16], "blocks": 1,
+                             "dropout": 0.2}
+    assert best["preprocessing"]["image_size"] == 32 and best["config"]["epochs"] == 2
+    assert "training_state" not in best and {"optimizer", "scheduler"} <= set(last["training_state"])
+    assert last["epoch"] == 2 and last["metrics"] == metrics(out)[-1]
+    log = metrics(out)
+    assert set(log[0]) >= {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                           "seconds", "images_per_second"}
+    assert best["metrics"]["val_accuracy"] == max(m["val_accuracy"] for m in log)
+
+
+def test_same_seed_same_metrics(tiny_real, tmp_path):
+    for run in ("a", "b"):
+        assert train_main(train_args(tiny_real, tmp_path / run, tmp_path / "cache", "--epochs", 2)) == 0
+    strip = lambda log: [{k: v for k, v in m.items() if k not in ("seconds", "images_per_second")} for m in log]
+    assert strip(metrics(tmp_path / "a")) == strip(metrics(tmp_path / "b"))
+
+
+def _interrupt_on(monkeypatch, name: str, call_number: int):
+    """Send this process SIGINT (Ctrl-C) during the n-th call of train_module.<name>."""
+    original, calls = getattr(train_module, name), []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call_number:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, name, wrapped)
+
+
+@pytest.mark.parametrize("where, call", [("evaluate", 1), ("compute_loss", 5)],
+                         ids=["between-epochs", "mid-epoch"])
+def test_interrupted_run_resumes_to_the_same_result(tiny_real, tmp_path, monkeypatch, capsys, where, call):
+    args = lambda out: train_args(tiny_real, out, tmp_path / "cache", "--epochs", 2, "--dropout", 0.3,
+                                  "--batch-size", 4)
+    assert train_main(args(tmp_path / "whole")) == 0
+    with monkeypatch.context() as patch:
+        _interrupt_on(patch, where, call)
+        assert train_main(args(tmp_path / "split")) == 1
+    assert "Resume with: python train.py --resume" in capsys.readouterr().err
+    assert train_main(["--resume", str(tmp_path / "split" / "last.pt")]) == 0
+    whole, split = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "split" / "last.pt")
+    for key in ("val_loss", "val_accuracy"):
+        assert split["metrics"][key] == pytest.approx(whole["metrics"][key], abs=1e-6)
+    for key, tensor in whole["state_dict"].items():
+        torch.testing.assert_close(split["state_dict"][key], tensor, atol=1e-5, rtol=1e-4)
+
+
+def test_fine_tune_on_three_classes(tiny_real, tmp_path, capsys):
+    base = tmp_path / "base"
+    assert train_main(train_args(tiny_real, base, tmp_path / "cache", "--epochs", 1)) == 0
+    three = copy_subset(tiny_real, tmp_path / "three", {"train": 6, "val": 3})
+    for i in range(9):
+        make_image(three / ("train" if i < 6 else "val") / "fox" / f"fox.{i}.png", color=(230, 120, 20 + i))
+    out = tmp_path / "fine"
+    assert train_main(train_args(three, out, tmp_path / "cache", "--epochs", 2,
+                                 "--init", base / "best.pt", "--freeze")) == 0
+    assert "new output layer for 3 classes" in capsys.readouterr().out
+    before, after = load_checkpoint(base / "best.pt"), load_checkpoint(out / "best.pt")
+    assert after["classes"] == ["cat", "dog", "fox"] and after["model"]["num_classes"] == 3
+    assert after["state_dict"]["head.weight"].shape == (3, 16)
+    for key, tensor in before["state_dict"].items():  # --freeze: everything but the head untouched
+        if not key.startswith("head."):
+            assert torch.equal(after["state_dict"][key], tensor), key
+    probabilities = Classifier.load(out / "best.pt").predict(three / "val" / "fox" / "fox.6.png")
+    assert set(probabilities) == {"cat", "dog", "fox"} and sum(probabilities.values()) == pytest.approx(1)
+
+
+def test_fine_tune_keeps_the_output_layer_when_classes_match(tiny_real, tmp_path, capsys):
+    base = tmp_path / "base"
+    assert train_main(train_args(tiny_real, base, tmp_path / "cache", "--epochs", 1)) == 0
+    assert train_main(train_args(tiny_real, tmp_path / "again", tmp_path / "cache", "--epochs", 1,
+                                 "--init", base / "best.pt", "--lr", 0)) == 0
+    assert "new output layer" not in capsys.readouterr().out
+    a, b = load_checkpoint(base / "best.pt"), load_checkpoint(tmp_path / "again" / "best.pt")
+    assert torch.equal(a["state_dict"]["head.weight"], b["state_dict"]["head.weight"])
+
+
+def test_missing_data_is_a_one_line_error(tmp_path, capsys):
+    assert train_main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: no data folder") and "\n" not in error
