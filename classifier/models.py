@@ -148,7 +148,7 @@ class ConvNet(ClassifierHead, nn.Module):
         super().__init__()
         stages, width = [conv_bn(3, channels[0])], channels[0]
         for c in channels:
-            stage = [conv_bn(width, c), nn.MaxPool2d(2)] + [ResidualBlock(c) for _ in range(blocks)]
+            stage = [nn.MaxPool2d(2), conv_bn(width, c)] + [ResidualBlock(c) for _ in range(blocks)]
             stages.append(nn.Sequential(*stage))
             width = c
         self.features = nn.Sequential(*stages)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from classifier.checkpoint import load_checkpoint, load_weights, save_checkpoint
@@ -71,6 +72,7 @@ class TrainConfig:
     batch_size: int = option(64, "images per step")
     augment: bool = option(True, "random resized crops and flips while training")
     min_scale: float = option(0.35, "smallest share of the image area a random crop keeps")
+    ema: float = option(0.0, "decay of a moving average of the weights that is evaluated and saved instead of the raw weights (0: off)")
     tta: bool = option(False, "evaluate on each image and its mirror image, averaged")
     # run
     seed: int = option(0, "seed for the split, initialization, shuffling and augmentation")
@@ -206,6 +208,7 @@ class StopSignal:
 
 def train(config: TrainConfig) -> dict:
     """Run a whole training; returns the final epoch's metrics."""
+    started_run = time.perf_counter()
     resume_state = None
     if config.resume:
         resumed = load_checkpoint(config.resume)
@@ -223,10 +226,17 @@ def train(config: TrainConfig) -> dict:
     dataset = find_dataset(config.data, config.val_fraction, config.seed)
     model, preprocessing = build_model(config, dataset.classes)
     if resume_state is not None:
-        load_weights(model, resumed["state_dict"], config.resume)
+        load_weights(model, resume_state.get("model", resumed["state_dict"]), config.resume)
     if config.freeze:
         freeze_all_but_classifier(model)
     model.to(device)
+    # With --ema, evaluation and checkpoints use the averaged weights; training updates `model`.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) \
+        if config.ema else None
+    inference_model = ema.module if ema else model
+    if ema and resume_state is not None:
+        load_weights(ema.module, resumed["state_dict"], config.resume)
+        ema.n_averaged.fill_(resume_state["ema_updates"])
 
     cache = config.cache_dir or None
     workers = config.workers or None
@@ -263,7 +273,9 @@ def train(config: TrainConfig) -> dict:
             extra["training_state"] = {
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch, "step": step, "best_accuracy": best_accuracy, "running": running}
-        save_checkpoint(out / name, model, dataset.classes, preprocessing.to_dict(), **extra)
+            if ema:
+                extra["training_state"].update(model=model.state_dict(), ema_updates=int(ema.n_averaged))
+        save_checkpoint(out / name, inference_model, dataset.classes, preprocessing.to_dict(), **extra)
 
     def stop_here(epoch: int, step: int, metrics: dict, reason: str):
         save("last.pt", epoch, step, metrics, with_state=True)
@@ -297,6 +309,8 @@ def train(config: TrainConfig) -> dict:
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
+                if ema:
+                    ema.update_parameters(model)
                 running[0] += loss.item() * len(labels)
                 running[1] += (logits.argmax(1) == labels).sum().item()
                 running[2] += len(labels)
@@ -305,7 +319,7 @@ def train(config: TrainConfig) -> dict:
                 if stop.requested and step + 1 < len(train_batches):
                     stop_here(epoch, step + 1, metrics, stop.requested)
             seconds = time.perf_counter() - started
-            val = evaluate(model, val_batches, preprocessing, device, config)
+            val = evaluate(inference_model, val_batches, preprocessing, device, config)
             if not math.isfinite(val["loss"]):
                 raise ClassifierError(
                     f"the validation loss became {val['loss']} at epoch {epoch + 1}: training "
@@ -315,6 +329,7 @@ def train(config: TrainConfig) -> dict:
                 "train_accuracy": running[1] / max(running[2], 1), "val_loss": val["loss"],
                 "val_accuracy": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(seconds, 3), "images_per_second": round(running[2] / seconds, 1),
+                "elapsed": round(time.perf_counter() - started_run, 3),
             }
             print(f"epoch {epoch + 1}/{config.epochs}  train loss {metrics['train_loss']:.4f} "
                   f"acc {metrics['train_accuracy']:.2%}  val loss {val['loss']:.4f} "
