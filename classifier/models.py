@@ -25,6 +25,7 @@ class ModelEntry:
     builder: Callable[..., nn.Module]
     preprocessing: dict = field(default_factory=dict)  # what the model expects, e.g. ImageNet stats
     pretrained: bool = False  # whether pretrained weights exist for it
+    recommended: dict = field(default_factory=dict)  # TrainConfig values its best recipe uses
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -50,19 +51,22 @@ def model_entry(name: str) -> ModelEntry:
 def model_arguments(name: str, settings: dict) -> dict:
     """Pick, from a dict of settings, the ones model `name` takes (by its builder's signature)."""
     accepted = inspect.signature(model_entry(name).builder).parameters
-    return {k: v for k, v in settings.items() if k in accepted and k not in ("num_classes", "pretrained")}
+    return {k: v for k, v in settings.items()
+            if k in accepted and k not in ("num_classes", "pretrained", "weights")}
 
 
-def create_model(name: str, num_classes: int = 2, pretrained: bool = False, **kwargs) -> nn.Module:
-    """Build a registered model; `pretrained` loads its pretrained weights (backbones only)."""
+def create_model(name: str, num_classes: int = 2, pretrained: bool = False, weights: str = "",
+                 **kwargs) -> nn.Module:
+    """Build a registered model; `pretrained` loads its pretrained weights (backbones only),
+    from the file `weights` when given."""
     entry = model_entry(name)
-    if pretrained and not entry.pretrained:
+    if (pretrained or weights) and not entry.pretrained:
         raise ClassifierError(f"model {name!r} has no pretrained weights; train it from scratch")
     if num_classes < 2:
         raise ClassifierError(f"a classifier needs at least 2 classes, got {num_classes}")
     arguments = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
     try:
-        model = entry.builder(num_classes=num_classes, pretrained=pretrained, **arguments) \
+        model = entry.builder(num_classes=num_classes, pretrained=pretrained, weights=weights, **arguments) \
             if entry.pretrained else entry.builder(num_classes=num_classes, **arguments)
     except TypeError as error:
         raise ClassifierError(f"bad arguments for model {name!r}: {error}") from None
@@ -157,3 +161,6 @@ class ConvNet(ClassifierHead, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)))
+
+
+from classifier import backbones  # noqa: E402,F401  (registers the pretrained backbones)
