@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from classifier.calibration import energy_score, imagenet_score
 from classifier.checkpoint import load_checkpoint, model_from_checkpoint
 from classifier.data import Preprocessing, walk_images, decode_stream
 from classifier.errors import ClassifierError
@@ -31,12 +32,19 @@ def logits_for(model: nn.Module, images: torch.Tensor, preprocessing: Preprocess
 
     tta averages the logits of each image and its mirror image.
     """
+    return outputs_for(model, images, preprocessing, tta, precision)[0]
+
+
+def outputs_for(model: nn.Module, images: torch.Tensor, preprocessing: Preprocessing, tta: bool = False,
+                precision: str = "fp32", imagenet: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits, ImageNet logits or None): with `imagenet`, a pretrained backbone also gives
+    its original ImageNet classifier's logits (Backbone.forward_all), from the same pass."""
     x = preprocessing.normalize(images)
+    forward = model.forward_all if imagenet else lambda inputs: (model(inputs), None)
     with autocast(images.device, precision):
-        logits = model(x).float()
-        if tta:
-            logits = (logits + model(x.flip(-1)).float()) / 2
-    return logits
+        runs = [forward(x)] + ([forward(x.flip(-1))] if tta else [])
+    average = [None if out[0] is None else sum(o.float() for o in out) / len(out) for out in zip(*runs)]
+    return average[0], average[1]
 
 
 @dataclass
@@ -48,6 +56,7 @@ class Classifier:
     preprocessing: Preprocessing
     temperature: float = 1.0
     device: torch.device = torch.device("cpu")
+    neither: dict | None = None  # {"method": "imagenet" or "energy", "threshold"}: see calibration.py
 
     @classmethod
     def load(cls, path: str | Path = "checkpoints/best.pt", device: str = "auto") -> "Classifier":
@@ -55,13 +64,24 @@ class Classifier:
         checkpoint = load_checkpoint(path)
         model = model_from_checkpoint(checkpoint, path).to(device).eval()
         return cls(model, checkpoint["classes"], Preprocessing(**checkpoint["preprocessing"]),
-                   float(checkpoint.get("temperature", 1.0)), device)
+                   float(checkpoint.get("temperature", 1.0)), device, checkpoint.get("neither"))
 
-    @torch.inference_mode()
     def probabilities(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """uint8 images [N, 3, S, S] -> probabilities [N, classes]."""
-        logits = logits_for(self.model, images.to(self.device), self.preprocessing, tta)
-        return (logits / self.temperature).softmax(dim=1).cpu()
+        return self.outputs(images, tta, known=False)[0]
+
+    @torch.inference_mode()
+    def outputs(self, images: torch.Tensor, tta: bool = False, known: bool = True):
+        """uint8 images -> (probabilities [N, classes], known scores [N] or None): how much each
+        image looks like the trained classes; below self.neither["threshold"] it is neither."""
+        known = known and self.neither is not None
+        imagenet = known and self.neither["method"] == "imagenet"
+        logits, imagenet_logits = outputs_for(self.model, images.to(self.device), self.preprocessing, tta,
+                                              imagenet=imagenet)
+        probabilities = (logits / self.temperature).softmax(dim=1).cpu()
+        if not known:
+            return probabilities, None
+        return probabilities, (imagenet_score(imagenet_logits) if imagenet else energy_score(logits)).cpu()
 
     def predict(self, image: str | Path | Image.Image, tta: bool = False) -> dict[str, float]:
         """One photo (a path or a PIL image) -> {class name: probability}."""
@@ -75,10 +95,15 @@ class Classifier:
         pending: list[tuple[str, torch.Tensor]] = []
 
         def flush():
-            probabilities = self.probabilities(torch.stack([t for _, t in pending]), tta)
-            for (path, _), row in zip(pending, probabilities.tolist()):
-                yield {"path": path, "label": self.classes[max(range(len(row)), key=row.__getitem__)],
-                       "probabilities": {c: round(p, 6) for c, p in zip(self.classes, row)}}
+            probabilities, scores = self.outputs(torch.stack([t for _, t in pending]), tta)
+            for i, ((path, _), row) in enumerate(zip(pending, probabilities.tolist())):
+                result = {"path": path, "label": self.classes[max(range(len(row)), key=row.__getitem__)],
+                          "probabilities": {c: round(p, 6) for c, p in zip(self.classes, row)}}
+                if scores is not None:  # "neither": the photo shows none of the trained classes
+                    result["known_score"] = round(scores[i].item(), 6)
+                    result["neither"] = scores[i].item() < self.neither["threshold"]
+                    result["label"] = "neither" if result["neither"] else result["label"]
+                yield result
             pending.clear()
 
         for path, tensor, error in decode_stream(paths, self.preprocessing.decode, workers):
