@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -32,21 +33,23 @@ def atomic_save(obj, path: str | Path) -> None:
     """torch.save to a temporary file, fsync, then rename over `path`.
 
     Killing the process at any moment leaves either the old file or the new one, never a
-    half-written one.
+    half-written one. A full disk or an unwritable folder is a ClassifierError naming the file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path, temporary = Path(path), None
     try:
-        with os.fdopen(handle, "wb") as file:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(handle, "wb", buffering=0) as file:  # unbuffered: write errors surface
             torch.save(obj, file)
-            file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise ClassifierError(f"{path}: could not save ({error.strerror or error})") from None
+        if temporary:
+            Path(temporary).unlink(missing_ok=True)
+        cause = error if isinstance(error, OSError) else error.__context__  # torch wraps write errors
+        if isinstance(cause, OSError):
+            raise ClassifierError(f"{path}: could not save ({cause.strerror or cause}); "
+                                  f"the previous {path.name}, if any, is unchanged") from None
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
@@ -57,8 +60,16 @@ def atomic_save(obj, path: str | Path) -> None:
 
 def save_checkpoint(path: str | Path, model: nn.Module, classes: list[str], preprocessing: dict,
                     **extra) -> None:
-    """Save a model with everything needed to use it; `extra` adds epoch, metrics, etc."""
+    """Save a model with everything needed to use it; `extra` adds epoch, metrics, etc.
+
+    Weights that hold NaN or infinity are refused, so a diverged run never replaces a good file.
+    """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    broken = [k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        raise ClassifierError(
+            f"{path}: not saved, the weights hold NaN or infinite values (e.g. {broken[0]}); the "
+            f"previous file is kept. Training diverged: try a lower --lr")
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model": dict(model.model_config),
@@ -72,10 +83,16 @@ def save_checkpoint(path: str | Path, model: nn.Module, classes: list[str], prep
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint, refusing anything that is not plain data and tensors."""
+    """Read a checkpoint, refusing anything that is not plain data and tensors.
+
+    Every refusal is one ClassifierError naming the file: missing, truncated, corrupted (the
+    zip checksums torch.load does not verify), code inside the pickle, not this project's,
+    or incomplete.
+    """
     path = Path(path)
     if not path.is_file():
         raise ClassifierError(f"{path}: no such checkpoint (train one with `python train.py`)")
+    _verify_checksums(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
@@ -83,16 +100,46 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if "weights_only" in message or "Unsupported global" in message:
             reason = "it contains code or objects other than tensors and plain data; refused"
         else:
-            reason = f"not a readable checkpoint ({message.splitlines()[0][:200] if message else type(error).__name__})"
+            reason = (f"not a readable checkpoint: truncated, corrupted or not saved by torch.save "
+                      f"({message.splitlines()[0][:200] if message else type(error).__name__})")
         raise ClassifierError(f"{path}: {reason}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ClassifierError(f"{path}: not a checkpoint of this project (no {CHECKPOINT_FORMAT!r} format tag)")
+    _check_contents(checkpoint, path)
     return checkpoint
+
+
+def _verify_checksums(path: Path) -> None:
+    """A checkpoint is a zip whose members carry CRC-32s: check them all before loading."""
+    if not zipfile.is_zipfile(path):
+        return  # truncated, legacy or foreign: torch.load says which
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        problem = bad and f"{bad} fails its checksum"
+    except Exception as error:
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if problem:
+        raise ClassifierError(f"{path}: corrupted checkpoint ({problem}); use another copy")
+
+
+def _check_contents(checkpoint: dict, path: Path) -> None:
+    """The fields every checkpoint needs, and class names that match the model's outputs."""
+    model, classes = checkpoint.get("model"), checkpoint.get("classes")
+    for key, kind in (("model", dict), ("state_dict", dict), ("classes", list), ("preprocessing", dict)):
+        if not isinstance(checkpoint.get(key), kind):
+            raise ClassifierError(f"{path}: incomplete checkpoint ({key!r} missing or not a {kind.__name__})")
+    if model.get("num_classes") != len(classes):
+        raise ClassifierError(f"{path}: names {len(classes)} classes {classes} but its model has "
+                              f"{model.get('num_classes')} outputs; the file was altered or mixed up")
 
 
 def model_from_checkpoint(checkpoint: dict, path: str | Path = "checkpoint") -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights."""
-    model = create_model(**checkpoint["model"])
+    try:
+        model = create_model(**checkpoint["model"])
+    except ClassifierError as error:
+        raise ClassifierError(f"{path}: {error}") from None
     load_weights(model, checkpoint["state_dict"], path)
     return model
 

@@ -1,7 +1,7 @@
 """Command-line interfaces: argument parsing, printing, exit status; nothing else.
 
 Each *_main(argv) returns the process exit status: 0 success, 1 a ClassifierError (printed
-on one line), 2 bad arguments (argparse's own convention).
+on one line), 2 bad arguments (argparse's own convention), 130 Ctrl-C outside a training loop.
 """
 
 from __future__ import annotations
@@ -38,11 +38,15 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
 
 
 def _run(command, *args) -> int:
+    """Run a command; a ClassifierError or Ctrl-C outside training's own handling is one line."""
     try:
         result = command(*args)
     except ClassifierError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); checkpoints already written are intact", file=sys.stderr)
+        return 130
     return result if isinstance(result, int) else 0
 
 

@@ -109,28 +109,40 @@ def open_image(source: str | Path | Image.Image, size_hint: int | None = None) -
 
     size_hint lets JPEG decoding skip detail finer than needed (Pillow's draft mode), which
     makes decoding a 500x375 photo for a 64 px model several times faster.
+
+    Sizes are checked from the header before any pixel is decoded: an image that would
+    decode to more than MAX_PIXELS (after draft mode) is refused, and Pillow's own guard
+    refuses anything claiming over twice Image.MAX_IMAGE_PIXELS as soon as it is opened.
     """
-    if isinstance(source, Image.Image):
-        return _to_rgb(ImageOps.exif_transpose(source))
+    path = None if isinstance(source, Image.Image) else source
+    name = (getattr(source, "filename", "") or "image") if path is None else source
     try:
-        with Image.open(source) as image:
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ClassifierError(
-                    f"{source}: image claims {width}x{height} pixels, more than the "
-                    f"{MAX_PIXELS:,} allowed (a decompression bomb?); refused"
-                )
+        if path is None:  # an image opened by the caller may not be decoded yet
+            return _upright_rgb(source, name)
+        with Image.open(path) as image:
             if size_hint and image.format == "JPEG":
                 image.draft("RGB", (size_hint, size_hint))
-            image.load()
-            return _to_rgb(ImageOps.exif_transpose(image))
+            return _upright_rgb(image, name)
     except ClassifierError:
         raise
     except FileNotFoundError:
-        raise ClassifierError(f"{source}: no such file") from None
+        reason = "broken symbolic link" if path and os.path.islink(path) else "no such file"
+    except Image.UnidentifiedImageError:
+        reason = "empty file" if path and os.path.getsize(path) == 0 else "not an image format Pillow knows"
     except Exception as error:  # Pillow raises many types on broken files; all mean "unreadable"
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ClassifierError(f"{source}: cannot read image ({reason})") from None
+        reason = getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
+    raise ClassifierError(f"{name}: cannot read image ({reason})")
+
+
+def _upright_rgb(image: Image.Image, name) -> Image.Image:
+    """Refuse oversized images, then decode, apply the EXIF orientation and convert to RGB."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ClassifierError(
+            f"{name}: image claims {width}x{height} pixels, more than the "
+            f"{MAX_PIXELS:,} allowed (a decompression bomb?); refused")
+    image.load()
+    return _to_rgb(ImageOps.exif_transpose(image))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -232,9 +244,24 @@ def decode_images(
     if cache_file is not None:
         from classifier.checkpoint import atomic_save
 
-        atomic_save({"images": decoded.images, "labels": decoded.labels,
-                     "paths": decoded.paths, "skipped": decoded.skipped}, cache_file)
+        try:
+            atomic_save({"images": decoded.images, "labels": decoded.labels,
+                         "paths": decoded.paths, "skipped": decoded.skipped}, cache_file)
+        except ClassifierError as error:  # the cache only saves time: go on without it
+            print(f"warning: decode cache not written: {error}", file=sys.stderr)
     return decoded
+
+
+def check_usable(train: DecodedImages, val: DecodedImages, classes: list[str], root) -> None:
+    """After unreadable images are skipped, every class still needs training images and
+    the validation split at least one image; otherwise stop before training starts."""
+    empty = [c for i, c in enumerate(classes) if not (train.labels == i).any()]
+    if empty:
+        raise ClassifierError(f"{root}: no readable training images left for class(es) "
+                              f"{', '.join(empty)} after skipping {len(train.skipped)} unreadable")
+    if not len(val):
+        raise ClassifierError(f"{root}: no readable validation images left after skipping "
+                              f"{len(val.skipped)} unreadable")
 
 
 def _cache_key(paths, labels, preprocessing: Preprocessing) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import sys
 import time
@@ -27,8 +28,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from classifier.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from classifier.data import (Augmentation, Batches, Preprocessing, augment, decode_images,
-                             default_cache_dir, default_data_dir, find_dataset)
+from classifier.data import (Augmentation, Batches, Preprocessing, augment, check_usable,
+                             decode_images, default_cache_dir, default_data_dir, find_dataset)
 from classifier.errors import ClassifierError
 from classifier.models import create_model, model_arguments, model_entry
 from classifier.predict import logits_for
@@ -181,6 +182,16 @@ def check_writable(folder: Path) -> None:
         raise ClassifierError(f"{folder}: cannot write checkpoints there ({error.strerror or error})") from None
 
 
+def check_free_space(folder: Path, model: nn.Module) -> None:
+    """Fail before training if the disk cannot hold best.pt, last.pt (weights plus optimizer
+    state) and the temporary copy written while saving: about four times the weights."""
+    need = 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise ClassifierError(f"{folder}: only {free / 1e6:.1f} MB free, checkpoints need about "
+                              f"{need / 1e6:.1f} MB; free some space or choose another --out")
+
+
 def step_seed(seed: int, epoch: int, step: int) -> int:
     return (seed * 1_000_003 + epoch) * 100_003 + step
 
@@ -224,7 +235,12 @@ def train(config: TrainConfig) -> dict:
     check_writable(out)
 
     dataset = find_dataset(config.data, config.val_fraction, config.seed)
+    if resume_state is not None and resumed["classes"] != dataset.classes:
+        raise ClassifierError(
+            f"{config.resume}: trained on classes {resumed['classes']}, but {config.data} now has "
+            f"{dataset.classes}; resume needs the same classes (use --init to fine-tune on new ones)")
     model, preprocessing = build_model(config, dataset.classes)
+    check_free_space(out, model)
     if resume_state is not None:
         load_weights(model, resume_state.get("model", resumed["state_dict"]), config.resume)
     if config.freeze:
@@ -245,9 +261,11 @@ def train(config: TrainConfig) -> dict:
     val_images = decode_images(dataset.val.paths, dataset.val.labels, preprocessing, cache,
                                workers, desc="decoding val")
     skipped = train_images.skipped + val_images.skipped
+    (out / "skipped.txt").unlink(missing_ok=True)  # never leave the list of an earlier run
     if skipped:
         (out / "skipped.txt").write_text("".join(f"{reason}\n" for _, reason in skipped))
         print(f"skipped {len(skipped)} unreadable image(s), listed in {out / 'skipped.txt'}")
+    check_usable(train_images, val_images, dataset.classes, config.data)
     print(f"{config.data} ({dataset.layout}): {len(train_images)} train, {len(val_images)} val "
           f"images, classes {dataset.classes}; model {config.model} on {device}")
     if len(train_images) < config.batch_size:
