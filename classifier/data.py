@@ -396,7 +396,9 @@ class Batches:
     """Batches of (uint8 images, labels) from decoded images held in memory.
 
     shuffle draws a new order each epoch from `generator`; rank/world_size give each
-    process of a distributed run its own equal share of every epoch.
+    process of a distributed run its share of every global batch of batch_size * world_size
+    images (rank r takes the r-th slice), so the ranks together see exactly the batches one
+    process with the global batch size would see, in the same order.
     """
 
     def __init__(self, decoded: DecodedImages, batch_size: int, shuffle: bool = False,
@@ -406,25 +408,19 @@ class Batches:
         self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
         self.rank, self.world_size = rank, world_size
 
-    def _indices(self) -> torch.Tensor:
-        n = len(self.decoded)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        if self.world_size > 1:
-            per_rank = n // self.world_size
-            order = order[: per_rank * self.world_size][self.rank::self.world_size]
-        return order
-
     def __len__(self) -> int:
-        n = len(self.decoded) // self.world_size
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        n, size = len(self.decoded), self.batch_size * self.world_size
+        return n // size if self.drop_last else math.ceil(n / size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._indices()
-        for start in range(0, len(order), self.batch_size):
-            index = order[start:start + self.batch_size]
-            if self.drop_last and len(index) < self.batch_size:
+        n, size = len(self.decoded), self.batch_size * self.world_size
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for start in range(0, len(order), size):
+            if self.drop_last and start + size > n:
                 break
-            yield self.decoded.images[index], self.decoded.labels[index]
+            index = order[start:start + size].tensor_split(self.world_size)[self.rank]
+            if len(index):
+                yield self.decoded.images[index], self.decoded.labels[index]
 
 
 @dataclass
@@ -436,13 +432,17 @@ class Augmentation:
     flip: bool = True
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, policy: Augmentation) -> torch.Tensor:
+def augment(images: torch.Tensor, generator: torch.Generator, policy: Augmentation,
+            rank: int = 0, world_size: int = 1) -> torch.Tensor:
     """Augment a whole uint8 batch at once; returns float images in [0, 1], same size.
 
     Each image gets its own crop and flip, drawn on the CPU from `generator` (so a seed
     gives the same batch on any device) and applied together by one affine resampling.
+    In a distributed run, `images` is this rank's slice of a global batch: the crops and
+    flips are drawn for the whole global batch and sliced alike, so every image gets the
+    same augmentation whichever rank handles it.
     """
-    n = images.shape[0]
+    n = images.shape[0] * world_size
     area = torch.empty(n).uniform_(policy.min_scale, 1.0, generator=generator)
     log_aspect = torch.empty(n).uniform_(-math.log(policy.max_aspect), math.log(policy.max_aspect),
                                          generator=generator)
@@ -455,6 +455,7 @@ def augment(images: torch.Tensor, generator: torch.Generator, policy: Augmentati
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = width * flip, shift_x
     theta[:, 1, 1], theta[:, 1, 2] = height, shift_y
+    theta = theta.chunk(world_size)[rank]
     floats = images.float().div_(255)
     grid = F.affine_grid(theta.to(images.device), list(floats.shape), align_corners=False)
     return F.grid_sample(floats, grid, mode="bilinear", padding_mode="reflection",

@@ -27,13 +27,14 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from classifier import distributed
 from classifier.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from classifier.data import (Augmentation, Batches, Preprocessing, augment, check_usable,
                              decode_images, default_cache_dir, default_data_dir, find_dataset)
 from classifier.errors import ClassifierError
 from classifier.models import create_model, model_arguments, model_entry
 from classifier.predict import logits_for
-from classifier.runtime import autocast, select_device
+from classifier.runtime import autocast, compile_model, grad_scaler, memory_format
 
 
 def option(default, help: str, **extra):
@@ -70,7 +71,7 @@ class TrainConfig:
     schedule: str = option("cosine", "learning rate after warmup", choices=("cosine", "constant"))
     warmup_epochs: float = option(1.0, "epochs of linear learning-rate warmup")
     epochs: int = option(10, "passes over the training images")
-    batch_size: int = option(64, "images per step")
+    batch_size: int = option(64, "images per step (per process under torchrun: the global batch is N times larger)")
     augment: bool = option(True, "random resized crops and flips while training")
     min_scale: float = option(0.35, "smallest share of the image area a random crop keeps")
     ema: float = option(0.0, "decay of a moving average of the weights that is evaluated and saved instead of the raw weights (0: off)")
@@ -78,7 +79,10 @@ class TrainConfig:
     # run
     seed: int = option(0, "seed for the split, initialization, shuffling and augmentation")
     device: str = option("auto", "auto, cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
-    precision: str = option("fp32", "fp32, or bf16 autocast", choices=("fp32", "bf16", "fp16"))
+    precision: str = option("fp32", "fp32; bf16 autocast; fp16 autocast with gradient scaling (CUDA only)",
+                            choices=("fp32", "bf16", "fp16"))
+    channels_last: bool = option(False, "keep images and convolution weights in NHWC order (faster on recent GPUs)")
+    compile: bool = option(False, "torch.compile the model: slow first steps, faster after (mostly on GPUs)")
     out: str = option("checkpoints", "output folder for best.pt, last.pt and metrics.jsonl")
     init: str = option("", "start from this checkpoint's weights (fine-tuning; new classes get a new output layer)")
     freeze: bool = option(False, "train only the output layer (with --init or --pretrained)")
@@ -230,9 +234,11 @@ def train(config: TrainConfig) -> dict:
     config = replace(config)  # the batch size may be lowered below; leave the caller's alone
 
     torch.manual_seed(config.seed)
-    device = select_device(config.device)
+    session = distributed.start(config.device)
+    device = session.device
     out = Path(config.out)
-    check_writable(out)
+    if session.is_main:
+        check_writable(out)
 
     dataset = find_dataset(config.data, config.val_fraction, config.seed)
     if resume_state is not None and resumed["classes"] != dataset.classes:
@@ -240,12 +246,13 @@ def train(config: TrainConfig) -> dict:
             f"{config.resume}: trained on classes {resumed['classes']}, but {config.data} now has "
             f"{dataset.classes}; resume needs the same classes (use --init to fine-tune on new ones)")
     model, preprocessing = build_model(config, dataset.classes)
-    check_free_space(out, model)
+    if session.is_main:
+        check_free_space(out, model)
     if resume_state is not None:
         load_weights(model, resume_state.get("model", resumed["state_dict"]), config.resume)
     if config.freeze:
         freeze_all_but_classifier(model)
-    model.to(device)
+    model.to(device, memory_format=memory_format(config.channels_last))
     # With --ema, evaluation and checkpoints use the averaged weights; training updates `model`.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) \
         if config.ema else None
@@ -253,27 +260,33 @@ def train(config: TrainConfig) -> dict:
     if ema and resume_state is not None:
         load_weights(ema.module, resumed["state_dict"], config.resume)
         ema.n_averaged.fill_(resume_state["ema_updates"])
+    trainee = compile_model(session.wrap(model), device, config.compile)  # what the steps call
 
     cache = config.cache_dir or None
     workers = config.workers or None
-    train_images = decode_images(dataset.train.paths, dataset.train.labels, preprocessing, cache,
-                                 workers, desc="decoding train")
-    val_images = decode_images(dataset.val.paths, dataset.val.labels, preprocessing, cache,
-                               workers, desc="decoding val")
+    with session.main_first():  # in a distributed run, rank 0 fills the cache for the others
+        train_images = decode_images(dataset.train.paths, dataset.train.labels, preprocessing, cache,
+                                     workers, desc="decoding train")
+        val_images = decode_images(dataset.val.paths, dataset.val.labels, preprocessing, cache,
+                                   workers, desc="decoding val")
     skipped = train_images.skipped + val_images.skipped
-    (out / "skipped.txt").unlink(missing_ok=True)  # never leave the list of an earlier run
-    if skipped:
-        (out / "skipped.txt").write_text("".join(f"{reason}\n" for _, reason in skipped))
-        print(f"skipped {len(skipped)} unreadable image(s), listed in {out / 'skipped.txt'}")
+    if session.is_main:
+        (out / "skipped.txt").unlink(missing_ok=True)  # never leave the list of an earlier run
+        if skipped:
+            (out / "skipped.txt").write_text("".join(f"{reason}\n" for _, reason in skipped))
+            print(f"skipped {len(skipped)} unreadable image(s), listed in {out / 'skipped.txt'}")
     check_usable(train_images, val_images, dataset.classes, config.data)
     print(f"{config.data} ({dataset.layout}): {len(train_images)} train, {len(val_images)} val "
-          f"images, classes {dataset.classes}; model {config.model} on {device}")
-    if len(train_images) < config.batch_size:
-        config.batch_size = max(1, len(train_images))
+          f"images, classes {dataset.classes}; model {config.model} on {device}"
+          + (f", {session.world_size} processes" if session.world_size > 1 else ""))
+    if len(train_images) < config.batch_size * session.world_size:
+        config.batch_size = max(1, len(train_images) // session.world_size)
 
     optimizer = make_optimizer(config, model)
-    train_batches = Batches(train_images, config.batch_size, shuffle=True, drop_last=True)
-    val_batches = Batches(val_images, 256)
+    scaler = grad_scaler(device, config.precision)
+    shard = {"rank": session.rank, "world_size": session.world_size}
+    train_batches = Batches(train_images, config.batch_size, shuffle=True, drop_last=True, **shard)
+    val_batches = Batches(val_images, 256)  # every rank evaluates all of val: same metrics, calibration, best.pt
     scheduler = make_schedule(config, optimizer, len(train_batches))
     policy = Augmentation(min_scale=config.min_scale) if config.augment else None
 
@@ -281,25 +294,35 @@ def train(config: TrainConfig) -> dict:
     if resume_state is not None:
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
+        if resume_state.get("world_size", 1) != session.world_size:
+            raise ClassifierError(
+                f"{config.resume} was trained by {resume_state.get('world_size', 1)} process(es); resume it "
+                f"with as many (now {session.world_size}), so the global batch stays the same")
+        if resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
         start_epoch, start_step = resume_state["epoch"], resume_state["step"]
         best_accuracy, running = resume_state["best_accuracy"], list(resume_state["running"])
         print(f"resuming {config.resume} at epoch {start_epoch + 1}, step {start_step}")
 
     def save(name: str, epoch: int, step: int, metrics: dict, with_state: bool):
+        if not session.is_main:
+            return
         extra = {"epoch": epoch, "metrics": metrics, "config": asdict(config)}
         if with_state:
             extra["training_state"] = {
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "step": step, "best_accuracy": best_accuracy, "running": running}
+                "epoch": epoch, "step": step, "best_accuracy": best_accuracy, "running": running,
+                "world_size": session.world_size, "scaler": scaler.state_dict()}
             if ema:
                 extra["training_state"].update(model=model.state_dict(), ema_updates=int(ema.n_averaged))
         save_checkpoint(out / name, inference_model, dataset.classes, preprocessing.to_dict(), **extra)
 
     def stop_here(epoch: int, step: int, metrics: dict, reason: str):
         save("last.pt", epoch, step, metrics, with_state=True)
+        launcher = "python" if session.world_size == 1 else "torchrun <the same options>"
         raise ClassifierError(
-            f"stopped by {reason} at epoch {epoch + 1}, step {step}; progress saved. "
-            f"Resume with: python train.py --resume {out / 'last.pt'}")
+            f"stopped by {reason or 'a signal to another process'} at epoch {epoch + 1}, step {step}; "
+            f"progress saved. Resume with: {launcher} train.py --resume {out / 'last.pt'}")
 
     metrics = {}
     with StopSignal() as stop:
@@ -308,33 +331,36 @@ def train(config: TrainConfig) -> dict:
             train_batches.generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, -1))
             started = time.perf_counter()
             progress = tqdm(train_batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                            disable=None)
+                            disable=None if session.is_main else True)
             for step, (images, labels) in enumerate(progress):
                 if step < start_step:
                     continue  # resuming mid-epoch: these batches were already trained on
                 generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, step))
                 torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout
                 images, labels = images.to(device), labels.to(device)
-                x = augment(images, generator, policy) if policy else images
+                x = augment(images, generator, policy, **shard) if policy else images
                 with autocast(device, config.precision):
-                    logits = model(preprocessing.normalize(x)).float()
+                    logits = trainee(preprocessing.normalize(x)).float()
                 loss = compute_loss(config.loss, logits, labels, config.label_smoothing)
-                if not torch.isfinite(loss):
+                loss_sum, correct, seen = distributed.all_sum(
+                    [loss.item() * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels)])
+                if not math.isfinite(loss_sum):
                     raise ClassifierError(
-                        f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}: training "
+                        f"the loss became {loss_sum / seen} at epoch {epoch + 1}, step {step}: training "
                         f"diverged; try a lower --lr (now {config.lr}); saved checkpoints were kept")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 if ema:
                     ema.update_parameters(model)
-                running[0] += loss.item() * len(labels)
-                running[1] += (logits.argmax(1) == labels).sum().item()
-                running[2] += len(labels)
+                running[0] += loss_sum
+                running[1] += correct
+                running[2] += seen
                 progress.set_postfix(loss=f"{running[0] / running[2]:.4f}",
                                      acc=f"{running[1] / running[2]:.3f}")
-                if stop.requested and step + 1 < len(train_batches):
+                if distributed.any_rank(stop.requested) and step + 1 < len(train_batches):
                     stop_here(epoch, step + 1, metrics, stop.requested)
             seconds = time.perf_counter() - started
             val = evaluate(inference_model, val_batches, preprocessing, device, config)
@@ -353,14 +379,15 @@ def train(config: TrainConfig) -> dict:
                   f"acc {metrics['train_accuracy']:.2%}  val loss {val['loss']:.4f} "
                   f"acc {val['accuracy']:.2%}  lr {metrics['lr']:.4g}  {seconds:.1f}s  "
                   f"{metrics['images_per_second']:.0f} img/s")
-            with open(out / "metrics.jsonl", "a") as log:
-                log.write(json.dumps(metrics) + "\n")
+            if session.is_main:
+                with open(out / "metrics.jsonl", "a") as log:
+                    log.write(json.dumps(metrics) + "\n")
             start_step, running = 0, [0.0, 0, 0]
             if val["accuracy"] > best_accuracy:
                 best_accuracy = val["accuracy"]
                 save("best.pt", epoch + 1, 0, metrics, with_state=False)
             save("last.pt", epoch + 1, 0, metrics, with_state=True)
-            if stop.requested and epoch + 1 < config.epochs:
+            if distributed.any_rank(stop.requested) and epoch + 1 < config.epochs:
                 stop_here(epoch + 1, 0, metrics, stop.requested)
     return metrics
 
