@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 from classifier.errors import ClassifierError
 
@@ -77,17 +78,69 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="decoding threads, 0 for one per core (default: %(default)s)")
     parser.add_argument("--tta", action="store_true", help="average each image with its mirror image")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="(default: %(default)s)")
+    parser.add_argument("--explain", metavar="DIR", default="",
+                        help="also write a Grad-CAM heatmap for each image, DIR/<image name>.png (needs matplotlib)")
     args = parser.parse_args(argv)
 
     def run() -> int:
         classifier = Classifier.load(args.checkpoint, args.device)
+        if args.explain:
+            from classifier.explain import HeatmapWriter
+
+            heatmaps = HeatmapWriter(classifier, args.explain)
         failures = 0
         results = classifier.predict_paths(expand_paths(args.paths), args.batch_size, args.tta,
                                            args.workers or None)
         for result in results:
             failures += "error" in result
+            if args.explain and "error" not in result:
+                result["heatmap"] = str(heatmaps.write(result["path"]))
             line = json.dumps(result) if args.json else format_result(result)
             print(line, file=sys.stderr if "error" in result and not args.json else sys.stdout, flush=True)
         return 1 if failures else 0
+
+    return _run(run)
+
+def report_main(argv: list[str] | None = None) -> int:
+    from classifier.report import build_report
+
+    parser = argparse.ArgumentParser(
+        prog="python -m classifier.report",
+        description="Write an HTML report of a training run: loss, accuracy and learning-rate "
+                    "curves, confusion matrix, per-class precision / recall / F1, reliability "
+                    "diagram, and galleries of confident mistakes and unsure correct answers.")
+    parser.add_argument("run_dir", help="a training output folder (train.py --out): metrics.jsonl, "
+                                        "val_predictions.jsonl or best.pt")
+    parser.add_argument("--out", default="", help="folder for report.html, its PNGs and report.json (default: RUN_DIR/report)")
+    parser.add_argument("--gallery", type=int, default=8, help="images in each gallery (default: %(default)s)")
+    args = parser.parse_args(argv)
+    return _run(lambda: print(f"wrote {build_report(args.run_dir, args.out or None, args.gallery)}"))
+
+
+def explain_main(argv: list[str] | None = None) -> int:
+    from classifier.explain import class_index, class_summary, explain
+    from classifier.predict import Classifier
+
+    parser = argparse.ArgumentParser(
+        prog="python -m classifier.explain",
+        description="Show where a trained network looks in a photo (Grad-CAM) and what its layers "
+                    "learned: feature maps of an early, a middle and a late layer, and the first "
+                    "layer's filters (an MLP's first-layer weights as images).")
+    parser.add_argument("image", help="the photo to explain")
+    parser.add_argument("--checkpoint", default="checkpoints/best.pt", help="checkpoint to use (default: %(default)s)")
+    parser.add_argument("--out", default="", help="folder for the PNGs (default: explain/<image name>)")
+    parser.add_argument("--target", default=None, metavar="CLASS",
+                        help="class whose evidence the heatmap shows (default: the predicted class)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="(default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    def run():
+        classifier = Classifier.load(args.checkpoint, args.device)
+        out = args.out or f"explain/{Path(args.image).stem}"
+        explanation, written = explain(classifier, args.image, out,
+                                       class_index(classifier.classes, args.target))
+        print(f"{class_summary(classifier.classes, explanation.probabilities)}  {args.image}")
+        for path in written:
+            print(f"wrote {path}")
 
     return _run(run)

@@ -34,6 +34,7 @@ from classifier.data import (Augmentation, Batches, Preprocessing, augment, chec
 from classifier.errors import ClassifierError
 from classifier.models import create_model, model_arguments, model_entry
 from classifier.predict import logits_for
+from classifier.report import build_report, require_matplotlib, write_predictions
 from classifier.runtime import autocast, compile_model, grad_scaler, memory_format
 
 
@@ -84,6 +85,7 @@ class TrainConfig:
     channels_last: bool = option(False, "keep images and convolution weights in NHWC order (faster on recent GPUs)")
     compile: bool = option(False, "torch.compile the model: slow first steps, faster after (mostly on GPUs)")
     out: str = option("checkpoints", "output folder for best.pt, last.pt and metrics.jsonl")
+    report: bool = option(False, "at the end, write OUT/report/report.html: curves, confusion matrix, calibration, mistakes (needs matplotlib)")
     init: str = option("", "start from this checkpoint's weights (fine-tuning; new classes get a new output layer)")
     freeze: bool = option(False, "train only the output layer (with --init or --pretrained)")
     resume: str = option("", "continue an interrupted run from its last.pt")
@@ -239,6 +241,8 @@ def train(config: TrainConfig) -> dict:
     out = Path(config.out)
     if session.is_main:
         check_writable(out)
+    if config.report:
+        require_matplotlib()  # fail before training, not after it
 
     dataset = find_dataset(config.data, config.val_fraction, config.seed)
     if resume_state is not None and resumed["classes"] != dataset.classes:
@@ -389,6 +393,9 @@ def train(config: TrainConfig) -> dict:
             save("last.pt", epoch + 1, 0, metrics, with_state=True)
             if distributed.any_rank(stop.requested) and epoch + 1 < config.epochs:
                 stop_here(epoch + 1, 0, metrics, stop.requested)
+    write_predictions(out, val_images, config.tta, config.device)  # what the report reads
+    if config.report:
+        print(f"report: {build_report(out)}")
     return metrics
 
 

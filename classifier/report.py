@@ -1,0 +1,418 @@
+"""How training went, as one HTML page: `python -m classifier.report RUN_DIR`.
+
+Training writes what the report reads into its output folder (RUN_DIR):
+
+  metrics.jsonl           one line per epoch: train and val loss and accuracy, learning rate
+  val_predictions.jsonl   one line per validation image, from the best checkpoint's epoch:
+                          path, true label, the probability of every class
+
+The report (RUN_DIR/report/ unless --out says otherwise) holds loss and accuracy curves, the
+learning rate, a confusion matrix, per-class precision / recall / F1, a reliability diagram,
+and galleries of the most confident mistakes and the least confident correct answers.
+Each figure is a PNG next to report.html, which also embeds them so it can travel alone;
+report.json has the numbers. Drawing needs matplotlib (`pip install .[viz]`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from classifier.calibration import expected_calibration_error
+from classifier.checkpoint import load_checkpoint
+from classifier.data import DecodedImages, Preprocessing, decode_images, find_dataset, open_image
+from classifier.errors import ClassifierError
+from classifier.predict import Classifier
+
+METRICS_FILE = "metrics.jsonl"
+PREDICTIONS_FILE = "val_predictions.jsonl"
+DPI = 100
+# Pixel sizes of the figures (width, height); a gallery is GALLERY_ROW high per row of images.
+CURVES_SIZE = (1200, 360)
+MATRIX_SIZE = (460, 420)
+RELIABILITY_SIZE = (460, 460)
+GALLERY_WIDTH, GALLERY_ROW, GALLERY_COLUMNS = 800, 230, 4
+RELIABILITY_BINS = 15  # as calibration.expected_calibration_error, which train.py logs
+
+
+def require_matplotlib() -> None:
+    """Raise ClassifierError saying what to install when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ClassifierError(
+            "drawing figures needs matplotlib: pip install .[viz] (or pip install matplotlib)") from None
+
+
+def figure(width: int, height: int):
+    """A matplotlib Figure of exactly width x height pixels, drawn with Agg (no display needed)."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+
+
+def save_figure(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+# --------------------------------------------------------------------------- what training writes
+
+
+def write_predictions(run_dir: str | Path, val_images: DecodedImages, tta: bool = False,
+                      device: str = "auto", batch_size: int = 256) -> Path:
+    """Classify the decoded validation images with run_dir/best.pt (through Classifier, the
+    one inference path) and write val_predictions.jsonl: one JSON line per image with its
+    path, true label, every class's probability as predict gives it (divided by best.pt's
+    calibration temperature), that temperature, and best.pt's epoch."""
+    checkpoint = Path(run_dir) / "best.pt"
+    classifier = Classifier.load(checkpoint, device)
+    epoch = load_checkpoint(checkpoint)["epoch"]
+    probabilities = torch.cat([classifier.probabilities(val_images.images[i:i + batch_size], tta)
+                               for i in range(0, len(val_images), batch_size)]).double()
+    path = Path(run_dir) / PREDICTIONS_FILE
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as file:
+        for image, label, row in zip(val_images.paths, val_images.labels.tolist(), probabilities.tolist()):
+            file.write(json.dumps({"path": os.path.abspath(image), "label": classifier.classes[label],
+                                   "label_index": label, "epoch": epoch,
+                                   "temperature": classifier.temperature,
+                                   "probabilities": dict(zip(classifier.classes, row))}) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def predict_validation(run_dir: str | Path) -> Path:
+    """Write val_predictions.jsonl for a run that has best.pt but none (an older or stopped run):
+    the validation images are found again from the data settings best.pt records."""
+    checkpoint = load_checkpoint(Path(run_dir) / "best.pt")
+    config = checkpoint["config"]
+    dataset = find_dataset(config["data"], config["val_fraction"], config["seed"])
+    if dataset.classes != checkpoint["classes"]:
+        raise ClassifierError(f"{config['data']} now has classes {dataset.classes}, but "
+                              f"{run_dir}/best.pt was trained on {checkpoint['classes']}")
+    val_images = decode_images(dataset.val.paths, dataset.val.labels,
+                               Preprocessing(**checkpoint["preprocessing"]),
+                               config.get("cache_dir") or None, desc="decoding val")
+    return write_predictions(run_dir, val_images, config.get("tta", False))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The per-epoch metrics of the latest run in run_dir (an earlier run's lines are dropped)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise ClassifierError(f"{run_dir}: no {METRICS_FILE}; pass the folder a training run "
+                              f"wrote to (train.py --out)")
+    runs: list[list[dict]] = [[]]
+    for line in path.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            if runs[-1] and entry["epoch"] <= runs[-1][-1]["epoch"]:
+                runs.append([])  # the epoch count started again: a new run in the same folder
+            runs[-1].append(entry)
+    if not runs[-1]:
+        raise ClassifierError(f"{path}: holds no epochs yet")
+    return runs[-1]
+
+
+@dataclass
+class Predictions:
+    """Validation predictions: probabilities [N, classes] (after the calibration temperature),
+    true labels [N], image paths."""
+
+    classes: list[str]
+    paths: list[str]
+    labels: torch.Tensor
+    probabilities: torch.Tensor
+    epoch: int
+    temperature: float = 1.0
+
+    @property
+    def uncalibrated(self) -> torch.Tensor:
+        """The probabilities before the temperature: softmax(z / T) ** T, renormalized, is softmax(z)."""
+        raw = self.probabilities.pow(self.temperature)
+        return raw / raw.sum(dim=1, keepdim=True)
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.probabilities.argmax(dim=1)
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        return self.probabilities.amax(dim=1)
+
+
+def read_predictions(run_dir: str | Path) -> Predictions:
+    """The run's validation predictions, made from best.pt first if training did not write them."""
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        if not (Path(run_dir) / "best.pt").is_file():
+            raise ClassifierError(f"{run_dir}: neither {PREDICTIONS_FILE} nor best.pt; pass the "
+                                  f"folder a training run wrote to (train.py --out)")
+        predict_validation(run_dir)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ClassifierError(f"{path}: holds no predictions")
+    classes = list(rows[0]["probabilities"])
+    return Predictions(
+        classes, [r["path"] for r in rows], torch.tensor([r["label_index"] for r in rows]),
+        torch.tensor([[r["probabilities"][c] for c in classes] for r in rows], dtype=torch.float64),
+        rows[0]["epoch"], rows[0].get("temperature", 1.0))
+
+
+# --------------------------------------------------------------------------- the numbers
+
+
+def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """counts[true class, predicted class]."""
+    flat = labels * num_classes + predicted
+    return torch.bincount(flat, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def per_class_scores(confusion: torch.Tensor, classes: Sequence[str]) -> dict[str, dict]:
+    """Precision, recall, F1 and support of each class (0 where undefined)."""
+    scores = {}
+    for i, name in enumerate(classes):
+        hits, predicted, actual = confusion[i, i].item(), confusion[:, i].sum().item(), confusion[i].sum().item()
+        precision = hits / predicted if predicted else 0.0
+        recall = hits / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        scores[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    return scores
+
+
+def reliability(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = RELIABILITY_BINS) -> dict:
+    """The reliability diagram's data: for each non-empty bin (low, high] of the predicted
+    class's probability, the mean probability, how often that class was right, and the count;
+    and the expected calibration error over the same bins."""
+    confidence, predicted = probabilities.max(dim=1)
+    correct = (predicted == labels).double()
+    edges = torch.linspace(0, 1, bins + 1).tolist()
+    table = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            table.append({"low": low, "high": high, "count": int(inside.sum()),
+                          "confidence": confidence[inside].mean().item(),
+                          "accuracy": correct[inside].mean().item()})
+    return {"bins": table, "ece": expected_calibration_error(probabilities, labels, bins)}
+
+
+def cross_entropy(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
+    return -probabilities.gather(1, labels[:, None]).clamp_min(1e-300).log().mean().item()
+
+
+def summarize(metrics: list[dict], predictions: Predictions) -> dict:
+    """Every number the report shows: the best epoch's log line, and what the predictions give
+    (cross-entropy and calibration before the temperature, as logged, and after it)."""
+    labels = predictions.labels
+    correct = predictions.predicted == labels
+    confusion = confusion_matrix(labels, predictions.predicted, len(predictions.classes))
+    logged = [m for m in metrics if m["epoch"] == predictions.epoch]
+    return {
+        "epochs": len(metrics),
+        "best_epoch": predictions.epoch,
+        "best_epoch_metrics": logged[-1] if logged else None,
+        "images": len(predictions.labels),
+        "accuracy": correct.double().mean().item(),
+        "temperature": predictions.temperature,
+        "cross_entropy": cross_entropy(predictions.uncalibrated, labels),
+        "cross_entropy_calibrated": cross_entropy(predictions.probabilities, labels),
+        "classes": predictions.classes,
+        "confusion": confusion.tolist(),
+        "per_class": per_class_scores(confusion, predictions.classes),
+        "reliability": reliability(predictions.uncalibrated, labels),
+        "reliability_calibrated": reliability(predictions.probabilities, labels),
+    }
+
+
+# --------------------------------------------------------------------------- the figures
+
+
+def plot_curves(metrics: list[dict], best_epoch: int, path: Path) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
+    fig = figure(*CURVES_SIZE)
+    epochs = [m["epoch"] for m in metrics]
+    panels = (("loss", "train_loss", "val_loss"), ("accuracy", "train_accuracy", "val_accuracy"),
+              ("learning rate", "lr", None))
+    for ax, (title, train_key, val_key) in zip(fig.subplots(1, 3), panels):
+        ax.plot(epochs, [m[train_key] for m in metrics], "o-", label="train" if val_key else None)
+        if val_key:
+            ax.plot(epochs, [m[val_key] for m in metrics], "o-", label="val")
+            ax.legend()
+        ax.axvline(best_epoch, color="gray", linestyle=":", linewidth=1)
+        ax.set(title=title, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path) -> Path:
+    fig = figure(*MATRIX_SIZE)
+    ax = fig.subplots()
+    share = confusion.double() / confusion.sum(dim=1, keepdim=True).clamp_min(1)
+    ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(classes))
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title="confusion matrix")
+    ax.set_xticklabels(classes, rotation=45 if len(classes) > 4 else 0, ha="right" if len(classes) > 4 else "center")
+    ax.set_yticklabels(classes)
+    if len(classes) <= 12:
+        for i in ticks:
+            for j in ticks:
+                ax.text(j, i, f"{confusion[i, j].item()}\n{share[i, j].item():.0%}", ha="center",
+                        va="center", color="white" if share[i, j] > 0.5 else "black")
+    return save_figure(fig, path)
+
+
+def plot_reliability(summary: dict, path: Path) -> Path:
+    """Observed accuracy against predicted probability, as trained and after the temperature."""
+    fig = figure(*RELIABILITY_SIZE)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], "--", color="gray", label="perfectly calibrated")
+    series = [("as trained", summary["reliability"])]
+    if summary["temperature"] != 1.0:
+        series.append((f"temperature {summary['temperature']:.2f}", summary["reliability_calibrated"]))
+    for label, data in series:
+        top.plot([b["confidence"] for b in data["bins"]], [b["accuracy"] for b in data["bins"]], "o-",
+                 label=f"{label} (ECE {data['ece']:.3f})")
+    top.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="observed accuracy", title="reliability")
+    top.legend(loc="upper left", fontsize="small")
+    bins = series[-1][1]["bins"]
+    bottom.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["count"] for b in bins],
+               width=1 / RELIABILITY_BINS * 0.9, color="gray")
+    bottom.set(xlabel="predicted probability of the predicted class", ylabel="images")
+    return save_figure(fig, path)
+
+
+def plot_gallery(predictions: Predictions, indices: list[int], title: str, path: Path) -> Path:
+    """Thumbnails of the given validation images, each with its true and predicted class."""
+    rows = -(-len(indices) // GALLERY_COLUMNS)
+    fig = figure(GALLERY_WIDTH, GALLERY_ROW * rows + 40)
+    fig.suptitle(title)
+    axes = list(fig.subplots(rows, GALLERY_COLUMNS, squeeze=False).flat)
+    for ax in axes:
+        ax.axis("off")
+    for ax, i in zip(axes, indices):
+        try:
+            image = open_image(predictions.paths[i], size_hint=256)
+            image.thumbnail((256, 256))
+            ax.imshow(image)
+        except ClassifierError:
+            ax.text(0.5, 0.5, "image not found", ha="center", va="center")
+        true, guess = predictions.classes[predictions.labels[i]], predictions.classes[predictions.predicted[i]]
+        ax.set_title(f"true {true}, said {guess} {predictions.confidence[i].item():.0%}\n"
+                     f"{Path(predictions.paths[i]).name}", fontsize="small",
+                     color="black" if true == guess else "firebrick")
+    return save_figure(fig, path)
+
+
+def gallery_indices(predictions: Predictions, count: int) -> tuple[list[int], list[int]]:
+    """(most confident mistakes, least confident correct answers), count of each at most."""
+    correct = predictions.predicted == predictions.labels
+    order = predictions.confidence.argsort(descending=True, stable=True).tolist()
+    mistakes = [i for i in order if not correct[i]][:count]
+    unsure = [i for i in reversed(order) if correct[i]][:count]
+    return mistakes, unsure
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, gallery: int = 8) -> Path:
+    """Write report.html, its PNGs and report.json for a training run; returns the HTML path."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / "report"
+    metrics, predictions = read_metrics(run_dir), read_predictions(run_dir)
+    summary = summarize(metrics, predictions)
+    require_matplotlib()
+    out.mkdir(parents=True, exist_ok=True)
+    mistakes, unsure = gallery_indices(predictions, gallery)
+    figures = {
+        "curves": plot_curves(metrics, predictions.epoch, out / "curves.png"),
+        "confusion": plot_confusion(torch.tensor(summary["confusion"]), predictions.classes,
+                                    out / "confusion.png"),
+        "reliability": plot_reliability(summary, out / "reliability.png"),
+    }
+    if mistakes:
+        figures["mistakes"] = plot_gallery(predictions, mistakes, "most confident mistakes",
+                                           out / "mistakes.png")
+    if unsure:
+        figures["unsure"] = plot_gallery(predictions, unsure, "least confident correct answers",
+                                         out / "unsure.png")
+    (out / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
+    page = out / "report.html"
+    page.write_text(render_html(run_dir, summary, figures))
+    return page
+
+
+def _image(path: Path | None, alt: str) -> str:
+    if path is None:
+        return "<p>none</p>"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    cells = lambda row, tag: "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in row)
+    return ("<table><tr>" + cells(header, "th") + "</tr>"
+            + "".join("<tr>" + cells(row, "td") + "</tr>" for row in rows) + "</table>")
+
+
+def render_html(run_dir: Path, summary: dict, figures: dict[str, Path]) -> str:
+    logged = summary["best_epoch_metrics"] or {}
+    facts = [
+        ("run", str(run_dir.resolve())),
+        ("epochs trained", summary["epochs"]),
+        ("best epoch (best.pt, predictions below)", summary["best_epoch"]),
+        ("validation images", summary["images"]),
+        ("val accuracy", f"{summary['accuracy']:.2%}"),
+        ("val cross-entropy", f"{summary['cross_entropy']:.4f}"),
+        ("val loss in metrics.jsonl", f"{logged['val_loss']:.4f}" if logged else "not logged"),
+        ("expected calibration error", f"{summary['reliability']['ece']:.4f}"),
+        ("calibration temperature (predict divides logits by it)", f"{summary['temperature']:.3f}"),
+        ("after it: cross-entropy, ECE", f"{summary['cross_entropy_calibrated']:.4f}, "
+                                         f"{summary['reliability_calibrated']['ece']:.4f}"),
+    ]
+    per_class = [(name, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", s["support"])
+                 for name, s in summary["per_class"].items()]
+    confusion = [(name, *row) for name, row in zip(summary["classes"], summary["confusion"])]
+    sections = [
+        ("Summary", _table(("", ""), facts)),
+        ("Training curves", "<p>Loss and accuracy on the training images (with augmentation) and "
+         "the validation images, and the learning rate, after each epoch; the dotted line marks "
+         "the best epoch.</p>" + _image(figures["curves"], "training curves")),
+        ("Confusion matrix", "<p>Rows: the true class; columns: the class predicted.</p>"
+         + _image(figures["confusion"], "confusion matrix")
+         + _table(("true \\ predicted", *summary["classes"]), confusion)),
+        ("Per-class scores", _table(("class", "precision", "recall", "F1", "images"), per_class)),
+        ("Reliability", "<p>When the network says it is 90% sure, is it right 90% of the time? "
+         "Points on the diagonal mean yes; below it, over-confident. predict divides the logits "
+         "by the temperature fitted on the validation photos, which changes no answer.</p>"
+         + _image(figures["reliability"], "reliability diagram")),
+        ("Most confident mistakes", _image(figures.get("mistakes"), "most confident mistakes")),
+        ("Least confident correct answers", _image(figures.get("unsure"), "least confident correct answers")),
+    ]
+    body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
+    style = ("body{font-family:sans-serif;max-width:1240px;margin:2em auto;padding:0 1em}"
+             "img{max-width:100%}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:.3em .7em;text-align:left}")
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Training report: "
+            f"{html.escape(run_dir.name)}</title><style>{style}</style></head><body>"
+            f"<h1>Training report: {html.escape(run_dir.name)}</h1>{body}</body></html>\n")
+
+
+if __name__ == "__main__":
+    from classifier.cli import report_main
+
+    sys.exit(report_main())
