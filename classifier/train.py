@@ -393,9 +393,10 @@ def train(config: TrainConfig) -> dict:
             save("last.pt", epoch + 1, 0, metrics, with_state=True)
             if distributed.any_rank(stop.requested) and epoch + 1 < config.epochs:
                 stop_here(epoch + 1, 0, metrics, stop.requested)
-    write_predictions(out, val_images, config.tta, config.device)  # what the report reads
-    if config.report:
-        print(f"report: {build_report(out)}")
+    if session.is_main:  # what the report reads: best.pt's predictions on the val images
+        write_predictions(out, val_images, config.tta, config.device)
+        if config.report:
+            print(f"report: {build_report(out)}")
     return metrics
 
 
