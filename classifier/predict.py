@@ -60,6 +60,11 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path = "checkpoints/best.pt", device: str = "auto") -> "Classifier":
+        """A checkpoint (.pt), or an exported ONNX model (.onnx, run by onnxruntime on the CPU)."""
+        if Path(path).suffix.lower() == ".onnx":
+            from classifier.export import OnnxClassifier
+
+            return OnnxClassifier.load(path)
         device = select_device(device)
         checkpoint = load_checkpoint(path)
         model = model_from_checkpoint(checkpoint, path).to(device).eval()
@@ -76,12 +81,15 @@ class Classifier:
         image looks like the trained classes; below self.neither["threshold"] it is neither."""
         known = known and self.neither is not None
         imagenet = known and self.neither["method"] == "imagenet"
-        logits, imagenet_logits = outputs_for(self.model, images.to(self.device), self.preprocessing, tta,
-                                              imagenet=imagenet)
+        logits, imagenet_logits = self.logits(images, tta, imagenet)
         probabilities = (logits / self.temperature).softmax(dim=1).cpu()
         if not known:
             return probabilities, None
         return probabilities, (imagenet_score(imagenet_logits) if imagenet else energy_score(logits)).cpu()
+
+    def logits(self, images: torch.Tensor, tta: bool = False, imagenet: bool = False):
+        """uint8 images -> (logits, ImageNet logits or None), float32, before the temperature."""
+        return outputs_for(self.model, images.to(self.device), self.preprocessing, tta, imagenet=imagenet)
 
     def predict(self, image: str | Path | Image.Image, tta: bool = False) -> dict[str, float]:
         """One photo (a path or a PIL image) -> {class name: probability}."""

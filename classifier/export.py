@@ -1,0 +1,168 @@
+"""Ship a trained model without the training code: ONNX or TorchScript.
+
+    python -m classifier.export checkpoints/best.pt --format onnx --out model.onnx
+    python -m classifier.export checkpoints/best.pt --format torchscript --out model.ts
+    python predict.py photos/ --checkpoint model.onnx      # same output as best.pt
+
+What the exported model takes and gives:
+  input   "images": uint8 RGB [N, 3, S, S], channels first, pixel values 0-255, N any. S and how
+          a photo becomes S x S are in the metadata ("preprocessing": image_size, and resize:
+          "squash" = resize the whole photo to S x S, "center_crop" = resize the shorter side to
+          S and crop the middle), exactly as Preprocessing.decode does it. Normalization (mean,
+          std) is inside the model: do not normalize the pixels yourself.
+  outputs "probabilities" [N, classes] (the calibration temperature applied), "logits"
+          [N, classes] (before it), and for pretrained cat/dog backbones whose "neither" rule
+          uses them, "imagenet_logits" [N, 1000].
+  metadata (ONNX metadata_props; TorchScript extra file "classifier.json"): "classes" (JSON
+          list, in output order), "preprocessing" (JSON), "temperature", "neither" (JSON), and
+          "format" (EXPORT_FORMAT).
+
+ONNX export and running ONNX models need the optional extra: pip install 'catsdogs-classifier[onnx]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from classifier.data import Preprocessing
+from classifier.errors import ClassifierError
+from classifier.predict import Classifier
+
+EXPORT_FORMAT = "catsdogs-classifier-export/1"
+FORMATS = ("onnx", "torchscript")
+ONNX_HELP = "pip install 'catsdogs-classifier[onnx]' (onnx, onnxscript and onnxruntime)"
+
+
+class ExportedModel(nn.Module):
+    """uint8 images -> (probabilities, logits[, imagenet_logits]): normalization, the model,
+    the temperature and softmax in one module."""
+
+    def __init__(self, classifier: Classifier):
+        super().__init__()
+        self.model = classifier.model
+        self.temperature = classifier.temperature
+        self.imagenet = bool(classifier.neither and classifier.neither["method"] == "imagenet")
+        self.register_buffer("mean", torch.tensor(classifier.preprocessing.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(classifier.preprocessing.std).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor):
+        x = (images.float() / 255 - self.mean) / self.std  # as Preprocessing.normalize
+        if self.imagenet:
+            logits, imagenet_logits = self.model.forward_all(x)
+            return (logits / self.temperature).softmax(1), logits, imagenet_logits
+        logits = self.model(x)
+        return (logits / self.temperature).softmax(1), logits
+
+    def output_names(self) -> list[str]:
+        return ["probabilities", "logits"] + (["imagenet_logits"] if self.imagenet else [])
+
+
+def metadata(classifier: Classifier) -> dict[str, str]:
+    """What travels with the exported file, as strings: enough to use it with nothing else."""
+    return {"format": EXPORT_FORMAT, "classes": json.dumps(classifier.classes),
+            "preprocessing": json.dumps(classifier.preprocessing.to_dict()),
+            "temperature": repr(classifier.temperature), "neither": json.dumps(classifier.neither)}
+
+
+def export(checkpoint: str | Path, out: str | Path, format: str = "onnx") -> Path:
+    """Write `checkpoint`'s model to `out` as ONNX or TorchScript; returns the path."""
+    if format not in FORMATS:
+        raise ClassifierError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
+    classifier = Classifier.load(checkpoint, device="cpu")
+    wrapper = ExportedModel(classifier).eval()
+    size = classifier.preprocessing.image_size
+    example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if format == "torchscript":  # deprecated upstream in favour of torch.export; still loads everywhere
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(wrapper, example)
+            torch.jit.save(traced, str(out), _extra_files={"classifier.json": json.dumps(metadata(classifier))})
+        return out
+    onnx = _require_onnx()
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        program = torch.onnx.export(wrapper, (example,), dynamo=True, input_names=["images"],
+                                    output_names=wrapper.output_names(),
+                                    dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+    proto = program.model_proto
+    for key, value in metadata(classifier).items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(out))
+    return out
+
+
+def _require_onnx():
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401  (checked now so export never writes a file predict cannot use)
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise ClassifierError(f"ONNX needs a package that is not installed ({error.name}): {ONNX_HELP}") from None
+    return onnx
+
+
+@dataclass
+class OnnxClassifier(Classifier):
+    """A Classifier whose model is an exported ONNX file run by onnxruntime (on the CPU).
+
+    Same interface as Classifier (predict, predict_paths, outputs, probabilities); `model` is
+    the onnxruntime InferenceSession."""
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "OnnxClassifier":
+        _require_onnx()
+        import onnxruntime
+
+        try:
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own types for missing or broken files
+            raise ClassifierError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0][:200]})") from None
+        meta = session.get_modelmeta().custom_metadata_map
+        if meta.get("format") != EXPORT_FORMAT:
+            raise ClassifierError(f"{path}: an ONNX model not exported by `python -m classifier.export` "
+                                  f"(no {EXPORT_FORMAT!r} metadata)")
+        return cls(session, json.loads(meta["classes"]), Preprocessing(**json.loads(meta["preprocessing"])),
+                   float(meta["temperature"]), torch.device("cpu"), json.loads(meta["neither"]))
+
+    def logits(self, images: torch.Tensor, tta: bool = False, imagenet: bool = False):
+        runs = [self._run(images)] + ([self._run(images.flip(-1))] if tta else [])
+        logits = sum(run["logits"] for run in runs) / len(runs)
+        imagenet_logits = sum(run["imagenet_logits"] for run in runs) / len(runs) if imagenet else None
+        return logits, imagenet_logits
+
+    def _run(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        names = [output.name for output in self.model.get_outputs()]
+        values = self.model.run(names, {"images": images.contiguous().numpy()})
+        return {name: torch.from_numpy(value) for name, value in zip(names, values)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m classifier.export", description=__doc__.split("\n")[0],
+                                     epilog="The exported model's inputs, outputs and metadata are "
+                                            "described in classifier/export.py and the README.")
+    parser.add_argument("checkpoint", help="checkpoint to export (a best.pt or last.pt)")
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="file format (default: %(default)s)")
+    parser.add_argument("--out", required=True, help="file to write, e.g. model.onnx or model.ts")
+    args = parser.parse_args(argv)
+    try:
+        path = export(args.checkpoint, args.out, args.format)
+    except ClassifierError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} ({args.format}); try: python predict.py PHOTO --checkpoint {path}"
+          if args.format == "onnx" else f"wrote {path} (torchscript); load with torch.jit.load")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

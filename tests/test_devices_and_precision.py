@@ -1,0 +1,93 @@
+"""--device, --precision, --channels-last and --compile: run here on the CPU, or fail clearly."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import classifier.runtime as runtime
+from classifier.checkpoint import load_checkpoint
+from classifier.cli import train_main
+from conftest import train_args
+
+
+def last_metrics(out) -> dict:
+    return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_real, tmp_path_factory):
+    out = tmp_path_factory.mktemp("plain")
+    assert train_main(train_args(tiny_real, out, out / "cache", "--epochs", 1, "--dropout", 0)) == 0
+    return out
+
+
+def test_channels_last_trains_to_the_same_numbers(tiny_real, plain, tmp_path):
+    out = tmp_path / "nhwc"
+    assert train_main(train_args(tiny_real, out, plain / "cache", "--epochs", 1, "--dropout", 0,
+                                 "--channels-last")) == 0
+    for key in ("train_loss", "val_loss"):
+        assert last_metrics(out)[key] == pytest.approx(last_metrics(plain)[key], abs=1e-4)
+    a, b = load_checkpoint(out / "best.pt")["state_dict"], load_checkpoint(plain / "best.pt")["state_dict"]
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
+
+
+def test_bf16_autocast_trains_on_the_cpu(tiny_real, plain, tmp_path):
+    out = tmp_path / "bf16"
+    assert train_main(train_args(tiny_real, out, plain / "cache", "--epochs", 1, "--dropout", 0,
+                                 "--precision", "bf16")) == 0
+    metrics = last_metrics(out)
+    assert metrics["train_loss"] == pytest.approx(last_metrics(plain)["train_loss"], abs=0.05)
+    assert all(torch.isfinite(t).all() for t in load_checkpoint(out / "best.pt")["state_dict"].values())
+
+
+def test_compile_runs_the_training_step_through_torch_compile(tiny_real, plain, tmp_path, monkeypatch):
+    """Dynamo captures the real model; backend "eager" skips inductor's C++ code generation,
+    which alone takes about a minute on 2 CPU cores (--compile uses inductor)."""
+    compiled, real_compile = [], torch.compile
+
+    def eager_compile(model, **kwargs):
+        compiled.append(model)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    out = tmp_path / "compiled"
+    assert train_main(train_args(tiny_real, out, plain / "cache", "--epochs", 1, "--dropout", 0,
+                                 "--compile")) == 0
+    assert len(compiled) == 1
+    assert last_metrics(out)["train_loss"] == pytest.approx(last_metrics(plain)["train_loss"], abs=1e-4)
+
+
+def test_compile_without_a_cpp_compiler_says_so(tiny_real, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert train_main(train_args(tiny_real, tmp_path / "run", tmp_path / "cache", "--compile")) == 1
+    assert "--compile on the CPU needs a C++ compiler" in capsys.readouterr().err
+
+
+def test_fp16_on_the_cpu_says_to_use_bf16(tiny_real, tmp_path, capsys):
+    assert train_main(train_args(tiny_real, tmp_path / "run", tmp_path / "cache", "--precision", "fp16")) == 1
+    error = capsys.readouterr().err
+    assert "fp16" in error and "bf16" in error and "\n" not in error.strip()
+
+
+def test_fp16_gradient_scaling_only_on_cuda():
+    assert not runtime.grad_scaler(torch.device("cpu"), "bf16").is_enabled()
+    if torch.cuda.is_available():
+        assert runtime.grad_scaler(torch.device("cuda"), "fp16").is_enabled()
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_an_absent_accelerator_is_a_clear_error(device, tiny_real, tmp_path, capsys):
+    available = torch.cuda.is_available() if device == "cuda" else torch.backends.mps.is_available()
+    if available:
+        pytest.skip(f"{device} is present here")
+    assert train_main(train_args(tiny_real, tmp_path / "run", tmp_path / "cache", "--device", device)) == 1
+    assert f"--device {device} asked for, but PyTorch sees no {device} device here" in capsys.readouterr().err
+
+
+def test_auto_picks_the_cpu_without_accelerators():
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("an accelerator is present")
+    assert runtime.select_device("auto") == torch.device("cpu")

@@ -1,0 +1,87 @@
+"""Export to ONNX and TorchScript: same probabilities as PyTorch; predict runs the ONNX file."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from classifier.cli import train_main
+from classifier.errors import ClassifierError
+from classifier.export import export, main as export_main
+from classifier.predict import Classifier, expand_paths
+from classifier.cli import predict_main
+from conftest import train_args
+
+onnxruntime = pytest.importorskip("onnxruntime", reason="the optional [onnx] extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_real, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    assert train_main(train_args(tiny_real, out, out / "cache", "--epochs", 1)) == 0
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def onnx_file(trained, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    assert export_main([str(trained), "--format", "onnx", "--out", str(path)]) == 0
+    return path
+
+
+def val_images(tiny_real, model: Classifier) -> torch.Tensor:
+    return torch.stack([model.preprocessing.decode(p) for p in expand_paths([str(tiny_real / "val")])])
+
+
+def test_onnx_gives_the_same_probabilities_as_pytorch(trained, onnx_file, tiny_real):
+    model = Classifier.load(trained, "cpu")
+    images = val_images(tiny_real, model)
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["classes"]) == ["cat", "dog"]
+    assert json.loads(meta["preprocessing"]) == json.loads(json.dumps(model.preprocessing.to_dict()))
+    assert [i.name for i in session.get_inputs()] == ["images"] and session.get_inputs()[0].type == "tensor(uint8)"
+    for batch in (images[:1], images[:5], images):  # any batch size
+        probabilities, logits = session.run(["probabilities", "logits"], {"images": batch.numpy()})
+        torch.testing.assert_close(torch.from_numpy(probabilities), model.probabilities(batch), atol=1e-4, rtol=0)
+
+
+def test_torchscript_gives_the_same_probabilities_as_pytorch(trained, tiny_real, tmp_path):
+    path = export(trained, tmp_path / "model.ts", "torchscript")
+    model = Classifier.load(trained, "cpu")
+    images = val_images(tiny_real, model)
+    extra = {"classifier.json": ""}
+    scripted = torch.jit.load(str(path), _extra_files=extra)
+    assert json.loads(json.loads(extra["classifier.json"])["classes"]) == ["cat", "dog"]
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(images)[0], model.probabilities(images), atol=1e-4, rtol=0)
+
+
+def test_predict_with_an_onnx_file_prints_what_the_checkpoint_prints(trained, onnx_file, tiny_real, capsys):
+    outputs = []
+    for checkpoint in (trained, onnx_file):
+        assert predict_main([str(tiny_real / "val"), "--checkpoint", str(checkpoint), "--json", "--tta"]) == 0
+        outputs.append([json.loads(line) for line in capsys.readouterr().out.splitlines()])
+    assert len(outputs[0]) == len(outputs[1]) == 12
+    for ours, theirs in zip(*outputs):
+        assert ours["path"] == theirs["path"] and ours["label"] == theirs["label"]
+        assert ours["probabilities"] == pytest.approx(theirs["probabilities"], abs=1e-4)
+        assert ours.get("neither") == theirs.get("neither")
+
+
+def test_onnx_without_onnxruntime_says_how_to_install(trained, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    with pytest.raises(ClassifierError, match=r"pip install 'catsdogs-classifier\[onnx\]'"):
+        export(trained, tmp_path / "model.onnx", "onnx")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_a_foreign_onnx_file_is_refused(onnx_file, tmp_path):
+    import onnx
+
+    proto = onnx.load(str(onnx_file))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(ClassifierError, match="not exported by"):
+        Classifier.load(tmp_path / "foreign.onnx")
