@@ -7,6 +7,7 @@ on one line), 2 bad arguments (argparse's own convention), 130 Ctrl-C outside a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import MISSING, fields
@@ -67,7 +68,9 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def predict_main(argv: list[str] | None = None) -> int:
-    from classifier.predict import Classifier, expand_paths, format_result
+    from tqdm import tqdm
+
+    from classifier.predict import Classifier, completed_paths, expand_paths, format_result
 
     parser = argparse.ArgumentParser(
         prog="predict.py", description="Classify photos with a trained checkpoint.")
@@ -76,6 +79,9 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=0, help="decoding threads, 0 for one per core (default: %(default)s)")
+    parser.add_argument("--output", metavar="FILE.jsonl", default="",
+                        help="append one JSON object per image to FILE instead of printing; a rerun "
+                             "skips the images already in FILE, so an interrupted run resumes")
     parser.add_argument("--tta", action="store_true", help="average each image with its mirror image")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="(default: %(default)s)")
     parser.add_argument("--explain", metavar="DIR", default="",
@@ -88,15 +94,30 @@ def predict_main(argv: list[str] | None = None) -> int:
             from classifier.explain import HeatmapWriter
 
             heatmaps = HeatmapWriter(classifier, args.explain)
+        done = completed_paths(args.output) if args.output else set()
+        paths = [path for path in expand_paths(args.paths) if path not in done]
         failures = 0
-        results = classifier.predict_paths(expand_paths(args.paths), args.batch_size, args.tta,
-                                           args.workers or None)
-        for result in results:
-            failures += "error" in result
-            if args.explain and "error" not in result:
-                result["heatmap"] = str(heatmaps.write(result["path"]))
-            line = json.dumps(result) if args.json else format_result(result)
-            print(line, file=sys.stderr if "error" in result and not args.json else sys.stdout, flush=True)
+        results = classifier.predict_paths(paths, args.batch_size, args.tta, args.workers or None)
+        progress = tqdm(results, total=len(paths), unit="img", desc="predict", file=sys.stderr, disable=None)
+        with open(args.output, "a") if args.output else contextlib.nullcontext() as saved:
+            for result in progress:
+                failures += "error" in result
+                if args.explain and "error" not in result:
+                    result["heatmap"] = str(heatmaps.write(result["path"]))
+                if saved:
+                    saved.write(json.dumps(result) + "\n")
+                    saved.flush()
+                    if "error" not in result:
+                        continue
+                    line, stream = format_result(result), sys.stderr
+                else:
+                    line = json.dumps(result) if args.json else format_result(result)
+                    stream = sys.stderr if "error" in result and not args.json else sys.stdout
+                with tqdm.external_write_mode(file=sys.stderr):  # the bar steps aside for the line
+                    print(line, file=stream, flush=True)
+        if args.output:
+            print(f"{len(paths) - failures} classified, {failures} unreadable, {len(done)} already in "
+                  f"{args.output}", file=sys.stderr)
         return 1 if failures else 0
 
     return _run(run)

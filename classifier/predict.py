@@ -10,6 +10,7 @@ training loop's evaluation calls it too, so a model is measured exactly as it is
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,28 @@ def expand_paths(paths: Iterable[str]) -> Iterator[str]:
             yield from walk_images(Path(path))
         else:
             yield path
+
+
+def completed_paths(output: str | Path) -> set[str]:
+    """The paths already in a results file (one JSON object per line, as --output writes it),
+    so that a rerun skips them. A last line cut short by a killed run is removed first."""
+    output, done, complete = Path(output), set(), 0
+    if not output.exists():
+        return done
+    with open(output, "rb") as file:
+        for number, line in enumerate(file, 1):
+            if not line.endswith(b"\n"):
+                break  # the last line of an interrupted write: that image is classified again
+            try:
+                done.add(json.loads(line)["path"])
+            except (ValueError, KeyError, TypeError):
+                raise ClassifierError(f"{output}, line {number}: not a result written by predict; "
+                                      f"choose another --output file") from None
+            complete += len(line)
+    if complete < output.stat().st_size:
+        with open(output, "r+b") as file:
+            file.truncate(complete)
+    return done
 
 
 def format_result(result: dict) -> str:
