@@ -31,13 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from classifier.errors import ClassifierError
-from classifier.models import register
+from classifier.models import ClassifierHead, register
 
 IMAGENET = {"resize": "center_crop", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 FINETUNE_MODES = ("probe", "last", "full")
 
 
-class Backbone(nn.Module):
+class Backbone(ClassifierHead, nn.Module):
     """Pretrained stages, a new output layer, and the original ImageNet classifier."""
 
     def __init__(self, stages: list[nn.Module], width: int, imagenet_head: nn.Module, num_classes: int,
@@ -90,13 +90,6 @@ class Backbone(nn.Module):
         for module in (*self.stages[:self.frozen_stages], self.imagenet_stages, self.imagenet_head):
             module.eval()
         return self
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = nn.Linear(self.head.in_features, num_classes).to(self.head.weight.device)
-        self.model_config["num_classes"] = num_classes
 
 
 # --------------------------------------------------------------------------- loading weights
@@ -188,7 +181,7 @@ def lite0_weights_file() -> Path:
 
 
 @register("efficientnet_lite0", pretrained=True, preprocessing={"resize": "center_crop"},
-          recommended={"image_size": 224, "finetune": "last", "finetune_stages": 2, "views": 4,
+          recommended={"image_size": 224, "finetune": "last", "finetune_stages": 2, "views": 2,
                        "epochs": 10, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05,
                        "batch_size": 64, "tta": True})
 def efficientnet_lite0(num_classes: int, pretrained: bool = False, weights: str = "",
