@@ -29,13 +29,16 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
         default = f.default if f.default is not MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata["help"] + " (default: %(default)s)"
-        if isinstance(default, bool):
+        sample = f.metadata.get("fallback", default)  # a model-dependent field is typed by its fallback
+        if "fallback" in f.metadata:
+            help_text = f.metadata["help"] + f" (default: the model's recommended value, else {sample})"
+        if isinstance(sample, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif isinstance(default, tuple):
             parser.add_argument(flag, type=_parse_ints, default=default, metavar="N,N,...",
                                 help=f.metadata["help"] + f" (default: {','.join(map(str, default))})")
         else:
-            parser.add_argument(flag, type=type(default), default=default,
+            parser.add_argument(flag, type=type(sample), default=default,
                                 choices=f.metadata.get("choices"), help=help_text)
 
 
@@ -53,7 +56,7 @@ def _run(command, *args) -> int:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    from classifier.models import list_models
+    from classifier.models import list_models, model_entry
     from classifier.train import TrainConfig, train
 
     parser = argparse.ArgumentParser(
@@ -62,7 +65,9 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list-models", action="store_true", help="print the model names and exit")
     args = vars(parser.parse_args(argv))
     if args.pop("list_models"):
-        print("\n".join(list_models()))
+        for name in list_models():
+            flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in model_entry(name).recommended.items())
+            print(f"{name}  (with --pretrained: {flags})" if flags else name)
         return 0
     return _run(train, TrainConfig(**args))
 
@@ -121,6 +126,7 @@ def predict_main(argv: list[str] | None = None) -> int:
         return 1 if failures else 0
 
     return _run(run)
+
 
 def report_main(argv: list[str] | None = None) -> int:
     from classifier.report import build_report

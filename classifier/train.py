@@ -34,6 +34,8 @@ from classifier.data import (Augmentation, Batches, Preprocessing, augment, chec
 from classifier.errors import ClassifierError
 from classifier.models import create_model, model_arguments, model_entry
 from classifier.predict import logits_for
+from classifier.calibration import calibrate, neither_rule
+from classifier.transfer import caches_features, cached_features, flatten_views, tail_logits
 from classifier.report import build_report, require_matplotlib, write_predictions
 from classifier.runtime import autocast, compile_model, grad_scaler, memory_format
 
@@ -45,17 +47,31 @@ def option(default, help: str, **extra):
     return field(metadata={"help": help, **extra}, **kwargs)
 
 
+def model_option(fallback, help: str, **extra):
+    """A TrainConfig field whose default depends on the model: None (not set) until train()
+    resolves it to the model's recommended value with --pretrained, else to `fallback`."""
+    return field(default=None, metadata={"help": help, "fallback": fallback, **extra})
+
+
 @dataclass
 class TrainConfig:
     # data
     data: str = option(default_data_dir(), "image folder (train/ and val/, class folders, or cat.1.jpg files)")
     val_fraction: float = option(0.2, "share of each class held out for validation when DIR has no val/")
-    image_size: int = option(64, "images are resized to this many pixels square")
+    image_size: int = model_option(64, "images are resized to this many pixels square")
     cache_dir: str = option(default_cache_dir(), "where decoded images are cached ('' to disable)")
     workers: int = option(0, "decoding threads (0: one per CPU core)")
     # model
     model: str = option("convnet", "model name, see --list-models")
     pretrained: bool = option(False, "start from the model's pretrained weights (backbones only)")
+    weights: str = option("", "backbones: load the pretrained weights from this local file (no download)")
+    finetune: str = model_option("full", "backbones: what trains; probe: the output layer only, on cached "
+                                 "features; last: the last --finetune-stages stages too; full: everything",
+                                 choices=("probe", "last", "full"))
+    finetune_stages: int = model_option(2, "backbones with --finetune last: how many final stages train")
+    views: int = model_option(1, "probe/last: cached views of each training image (the image, then random "
+                              "crops and flips), computed once")
+    backbone_lr: float = model_option(1.0, "learning rate of pretrained layers, as a fraction of --lr")
     hidden: tuple = option((512, 128), "mlp: hidden layer sizes, comma-separated ('' for none)")
     activation: str = option("relu", "mlp: activation function", choices=("relu", "sigmoid", "tanh", "gelu"))
     channels: tuple = option((32, 64, 128, 256), "convnet: channels of each stage")
@@ -64,19 +80,19 @@ class TrainConfig:
     # optimization
     loss: str = option("ce", "ce: cross-entropy; mse: squared error of softmax probabilities", choices=("ce", "mse"))
     label_smoothing: float = option(0.0, "ce: weight moved from the true class to all classes")
-    optimizer: str = option("sgd", "optimizer", choices=("sgd", "adamw"))
-    lr: float = option(0.05, "peak learning rate")
+    optimizer: str = model_option("sgd", "optimizer", choices=("sgd", "adamw"))
+    lr: float = model_option(0.05, "peak learning rate")
     momentum: float = option(0.9, "sgd momentum (0 for plain gradient descent)")
     nesterov: bool = option(True, "sgd: Nesterov momentum")
-    weight_decay: float = option(5e-4, "weight decay (not applied to biases and norm layers)")
+    weight_decay: float = model_option(5e-4, "weight decay (not applied to biases and norm layers)")
     schedule: str = option("cosine", "learning rate after warmup", choices=("cosine", "constant"))
     warmup_epochs: float = option(1.0, "epochs of linear learning-rate warmup")
-    epochs: int = option(10, "passes over the training images")
-    batch_size: int = option(64, "images per step (per process under torchrun: the global batch is N times larger)")
+    epochs: int = model_option(10, "passes over the training images")
+    batch_size: int = model_option(64, "images per step (per process under torchrun: the global batch is N times larger)")
     augment: bool = option(True, "random resized crops and flips while training")
     min_scale: float = option(0.35, "smallest share of the image area a random crop keeps")
     ema: float = option(0.0, "decay of a moving average of the weights that is evaluated and saved instead of the raw weights (0: off)")
-    tta: bool = option(False, "evaluate on each image and its mirror image, averaged")
+    tta: bool = model_option(False, "evaluate on each image and its mirror image, averaged")
     # run
     seed: int = option(0, "seed for the split, initialization, shuffling and augmentation")
     device: str = option("auto", "auto, cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
@@ -95,6 +111,20 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
+    def resolved(self) -> "TrainConfig":
+        """Fill the model-dependent settings left unset: a pretrained model's recommended recipe
+        (ModelEntry.recommended; with --init, that of the checkpoint's model when it was
+        pretrained), otherwise each field's fallback."""
+        name, pretrained = self.model, self.pretrained or bool(self.weights)
+        if self.init:
+            checkpoint = load_checkpoint(self.init)
+            used = checkpoint.get("config", {})
+            name, pretrained = checkpoint["model"]["name"], bool(used.get("pretrained") or used.get("weights"))
+        recommended = model_entry(name).recommended if pretrained else {}
+        unset = {f.name: recommended.get(f.name, f.metadata["fallback"]) for f in fields(self)
+                 if "fallback" in f.metadata and getattr(self, f.name) is None}
+        return replace(self, model=name, **unset)
+
 
 def compute_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
     """ce: cross-entropy; mse: the article's error, mean squared difference between the
@@ -106,11 +136,15 @@ def compute_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, label_s
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in trainable if p.ndim > 1], "weight_decay": config.weight_decay},
-        {"params": [p for n, p in trainable if p.ndim <= 1], "weight_decay": 0.0},
-    ]
+    """Weight decay on weights, not on biases and norm layers; the output layer at --lr, the
+    other (pretrained) layers at --lr times --backbone-lr."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if (p.ndim > 1) == decay and (id(p) in head) == in_head],
+               "weight_decay": config.weight_decay if decay else 0.0,
+               "lr": config.lr * (1.0 if in_head else config.backbone_lr)}
+              for in_head in (True, False) for decay in (True, False)]
+    groups = [group for group in groups if group["params"]]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                                nesterov=config.nesterov and config.momentum > 0)
@@ -133,17 +167,22 @@ def make_schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
 
 
 @torch.inference_mode()
-def evaluate(model, batches, preprocessing, device, config: TrainConfig) -> dict:
-    """Loss and accuracy on images the model does not train on."""
+def evaluate(model, batches, preprocessing, device, config: TrainConfig, logits_fn=None) -> dict:
+    """Loss and accuracy on images the model does not train on, and the logits
+    and labels. `logits_fn` replaces logits_for when the batches hold cached features."""
     model.eval()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, outputs = 0.0, 0, 0, ([], [])
     for images, labels in batches:
         images, labels = images.to(device), labels.to(device)
-        logits = logits_for(model, images, preprocessing, config.tta, config.precision)
+        logits = logits_fn(images) if logits_fn else logits_for(model, images, preprocessing, config.tta,
+                                                                  config.precision)
         total_loss += compute_loss(config.loss, logits, labels).item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+        outputs[0].append(logits.cpu())
+        outputs[1].append(labels.cpu())
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1),
+            "logits": torch.cat(outputs[0]), "labels": torch.cat(outputs[1])}
 
 
 def build_model(config: TrainConfig, classes: list[str]):
@@ -151,7 +190,7 @@ def build_model(config: TrainConfig, classes: list[str]):
     if not config.init:
         entry = model_entry(config.model)
         preprocessing = Preprocessing(**{"image_size": config.image_size, **entry.preprocessing})
-        model = create_model(config.model, len(classes), pretrained=config.pretrained,
+        model = create_model(config.model, len(classes), pretrained=config.pretrained, weights=config.weights,
                              **model_arguments(config.model, asdict(config)))
         return model, preprocessing
     checkpoint = load_checkpoint(config.init)
@@ -233,7 +272,7 @@ def train(config: TrainConfig) -> dict:
             raise ClassifierError(f"{config.resume}: holds no training state; resume from a last.pt")
         config = TrainConfig.from_dict({**resumed["config"], "resume": config.resume})
         resume_state = resumed["training_state"]
-    config = replace(config)  # the batch size may be lowered below; leave the caller's alone
+    config = config.resolved()  # a copy: the batch size may be lowered below; leave the caller's alone
 
     torch.manual_seed(config.seed)
     session = distributed.start(config.device)
@@ -285,14 +324,27 @@ def train(config: TrainConfig) -> dict:
           + (f", {session.world_size} processes" if session.world_size > 1 else ""))
     if len(train_images) < config.batch_size * session.world_size:
         config.batch_size = max(1, len(train_images) // session.world_size)
+    logits_fn, val_features = None, val_images  # evaluation's inputs and how it gets logits from them
+    if caches_features(model):  # frozen leading stages: run them once, then train only the tail
+        if session.world_size > 1:
+            raise ClassifierError("--finetune probe and last train on cached features in one process; "
+                                  "under torchrun use --finetune full")
+        crops = Augmentation(min_scale=config.min_scale) if config.augment else None
+        train_images = flatten_views(cached_features(
+            model, train_images, preprocessing, device, config.views if crops else 1, policy=crops,
+            seed=config.seed, desc="features of train views"))
+        val_features = cached_features(model, val_images, preprocessing, device, flip=config.tta,
+                                       desc="features of val")
+        logits_fn = tail_logits(inference_model)
 
     optimizer = make_optimizer(config, model)
     scaler = grad_scaler(device, config.precision)
     shard = {"rank": session.rank, "world_size": session.world_size}
     train_batches = Batches(train_images, config.batch_size, shuffle=True, drop_last=True, **shard)
-    val_batches = Batches(val_images, 256)  # every rank evaluates all of val: same metrics, calibration, best.pt
+    val_batches = Batches(val_features, 256)  # every rank evaluates all of val: same metrics, calibration, best.pt
     scheduler = make_schedule(config, optimizer, len(train_batches))
-    policy = Augmentation(min_scale=config.min_scale) if config.augment else None
+    policy = Augmentation(min_scale=config.min_scale) if config.augment and not logits_fn else None
+    calibrated = {}  # temperature, calibration and neither rule fitted on the latest validation
 
     start_epoch, start_step, best_accuracy, running = 0, 0, -1.0, [0.0, 0, 0]
     if resume_state is not None:
@@ -311,7 +363,7 @@ def train(config: TrainConfig) -> dict:
     def save(name: str, epoch: int, step: int, metrics: dict, with_state: bool):
         if not session.is_main:
             return
-        extra = {"epoch": epoch, "metrics": metrics, "config": asdict(config)}
+        extra = {"epoch": epoch, "metrics": metrics, "config": asdict(config), **calibrated}
         if with_state:
             extra["training_state"] = {
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -344,7 +396,7 @@ def train(config: TrainConfig) -> dict:
                 images, labels = images.to(device), labels.to(device)
                 x = augment(images, generator, policy, **shard) if policy else images
                 with autocast(device, config.precision):
-                    logits = trainee(preprocessing.normalize(x)).float()
+                    logits = (model.tail(x.float()) if logits_fn else trainee(preprocessing.normalize(x))).float()
                 loss = compute_loss(config.loss, logits, labels, config.label_smoothing)
                 loss_sum, correct, seen = distributed.all_sum(
                     [loss.item() * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels)])
@@ -367,7 +419,10 @@ def train(config: TrainConfig) -> dict:
                 if distributed.any_rank(stop.requested) and step + 1 < len(train_batches):
                     stop_here(epoch, step + 1, metrics, stop.requested)
             seconds = time.perf_counter() - started
-            val = evaluate(inference_model, val_batches, preprocessing, device, config)
+            val = evaluate(inference_model, val_batches, preprocessing, device, config, logits_fn)
+            fit = calibrate(val["logits"], val["labels"])
+            calibrated = {"temperature": fit["temperature"], "calibration": fit,
+                          "neither": neither_rule(inference_model, dataset.classes, val["logits"])}
             if not math.isfinite(val["loss"]):
                 raise ClassifierError(
                     f"the validation loss became {val['loss']} at epoch {epoch + 1}: training "
@@ -378,6 +433,7 @@ def train(config: TrainConfig) -> dict:
                 "val_accuracy": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(seconds, 3), "images_per_second": round(running[2] / seconds, 1),
                 "elapsed": round(time.perf_counter() - started_run, 3),
+                "temperature": fit["temperature"], "ece": fit["ece_before"], "ece_calibrated": fit["ece_after"],
             }
             print(f"epoch {epoch + 1}/{config.epochs}  train loss {metrics['train_loss']:.4f} "
                   f"acc {metrics['train_accuracy']:.2%}  val loss {val['loss']:.4f} "
