@@ -1,17 +1,18 @@
 """Export to ONNX and TorchScript: same probabilities as PyTorch; predict runs the ONNX file."""
 
 import json
+import shutil
+import subprocess
 import sys
 
 import pytest
 import torch
 
-from classifier.cli import train_main
+from classifier.cli import predict_main, train_main
 from classifier.errors import ClassifierError
 from classifier.export import export, main as export_main
 from classifier.predict import Classifier, expand_paths
-from classifier.cli import predict_main
-from conftest import train_args
+from conftest import REPO, train_args
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="the optional [onnx] extra is not installed")
 
@@ -85,3 +86,13 @@ def test_a_foreign_onnx_file_is_refused(onnx_file, tmp_path):
     onnx.save(proto, str(tmp_path / "foreign.onnx"))
     with pytest.raises(ClassifierError, match="not exported by"):
         Classifier.load(tmp_path / "foreign.onnx")
+
+
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "classifier.export"], ["classifier-export"]])
+def test_export_command_line_documents_every_flag(command):
+    if command[0] == "classifier-export":
+        command[0] = shutil.which("classifier-export", path=str(REPO / ".venv" / "bin")) or shutil.which("classifier-export")
+        assert command[0], "pip install -e . should install classifier-export"
+    result = subprocess.run([*command, "--help"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0
+    assert all(flag in result.stdout for flag in ("--format", "--out", "checkpoint"))
