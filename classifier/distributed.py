@@ -18,6 +18,12 @@ process with --batch-size N*B would (up to float rounding):
     (any_rank), so every rank stops at the same step;
   - only rank 0 prints, logs and writes checkpoints.
 Dropout masks are drawn per rank, so with dropout the runs agree in distribution, not bit for bit.
+
+Why data.Batches and not torch.utils.data.DistributedSampler: the images are already decoded
+into one tensor, so batches are cut by indexing, with no DataLoader; and giving each rank a
+contiguous slice of every global batch (rather than every N-th image, padded to a multiple
+of N) is what lets a rank pick its images' augmentation out of the global batch's. The
+shuffle is still reseeded every epoch (set_epoch's job), identically on every rank.
 """
 
 from __future__ import annotations
