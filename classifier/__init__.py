@@ -6,6 +6,8 @@ Where things live:
   train.py       the training loop
   checkpoint.py  saving and loading one self-describing checkpoint file
   predict.py     Classifier.load(path).predict(image) -> probabilities
+  report.py      a training run's report: curves, confusion matrix, calibration, mistakes
+  explain.py     Grad-CAM heatmaps, feature maps, first-layer filters, MLP templates
   cli.py         the command-line interfaces
 """
 

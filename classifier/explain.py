@@ -54,7 +54,7 @@ def trace(model: nn.Module, forward: Callable[[], torch.Tensor]) -> tuple[torch.
     recorded: list[list] = []
     position: dict[int, int] = {}
 
-    def hook(name, module, inputs, output):
+    def hook(name, output):
         if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-2:].numel() > 1:
             if id(output) in position:
                 recorded[position[id(output)]][0] = name
@@ -62,7 +62,7 @@ def trace(model: nn.Module, forward: Callable[[], torch.Tensor]) -> tuple[torch.
                 position[id(output)] = len(recorded)
                 recorded.append([name, output])
 
-    handles = [module.register_forward_hook(lambda m, i, o, name=name: hook(name, m, i, o))
+    handles = [module.register_forward_hook(lambda module, inputs, output, name=name: hook(name, output))
                for name, module in model.named_modules() if name]
     try:
         logits = forward()

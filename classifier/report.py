@@ -70,16 +70,20 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def write_predictions(run_dir: str | Path, val_images: DecodedImages, tta: bool = False,
-                      device: str = "auto", batch_size: int = 256) -> Path:
+                      device: str = "auto", batch_size: int = 256,
+                      probabilities: torch.Tensor | None = None) -> Path:
     """Classify the decoded validation images with run_dir/best.pt (through Classifier, the
     one inference path) and write val_predictions.jsonl: one JSON line per image with its
     path, true label, every class's probability as predict gives it (divided by best.pt's
-    calibration temperature), that temperature, and best.pt's epoch."""
+    calibration temperature), that temperature, and best.pt's epoch. Training passes the
+    `probabilities` it already computed for best.pt, sparing a second pass over val."""
     checkpoint = Path(run_dir) / "best.pt"
     classifier = Classifier.load(checkpoint, device)
     epoch = load_checkpoint(checkpoint)["epoch"]
-    probabilities = torch.cat([classifier.probabilities(val_images.images[i:i + batch_size], tta)
-                               for i in range(0, len(val_images), batch_size)]).double()
+    if probabilities is None:
+        probabilities = torch.cat([classifier.probabilities(val_images.images[i:i + batch_size], tta)
+                                   for i in range(0, len(val_images), batch_size)])
+    probabilities = probabilities.double()
     path = Path(run_dir) / PREDICTIONS_FILE
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "w") as file:
@@ -246,7 +250,8 @@ def plot_curves(metrics: list[dict], best_epoch: int, path: Path) -> Path:
     epochs = [m["epoch"] for m in metrics]
     panels = (("loss", "train_loss", "val_loss"), ("accuracy", "train_accuracy", "val_accuracy"),
               ("learning rate", "lr", None))
-    for ax, (title, train_key, val_key) in zip(fig.subplots(1, 3), panels):
+    axes = fig.subplots(1, 3)
+    for ax, (title, train_key, val_key) in zip(axes, panels):
         ax.plot(epochs, [m[train_key] for m in metrics], "o-", label="train" if val_key else None)
         if val_key:
             ax.plot(epochs, [m[val_key] for m in metrics], "o-", label="val")
@@ -254,6 +259,8 @@ def plot_curves(metrics: list[dict], best_epoch: int, path: Path) -> Path:
         ax.axvline(best_epoch, color="gray", linestyle=":", linewidth=1)
         ax.set(title=title, xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if all(m[key] > 0 for m in metrics for key in ("train_loss", "val_loss")):
+        axes[0].set(yscale="log", title="loss (log scale)")  # an early spike hides the rest otherwise
         ax.grid(alpha=0.3)
     return save_figure(fig, path)
 
@@ -311,7 +318,7 @@ def plot_gallery(predictions: Predictions, indices: list[int], title: str, path:
         except ClassifierError:
             ax.text(0.5, 0.5, "image not found", ha="center", va="center")
         true, guess = predictions.classes[predictions.labels[i]], predictions.classes[predictions.predicted[i]]
-        ax.set_title(f"true {true}, said {guess} {predictions.confidence[i].item():.0%}\n"
+        ax.set_title(f"true {true}, said {guess} {predictions.confidence[i].item():.1%}\n"
                      f"{Path(predictions.paths[i]).name}", fontsize="small",
                      color="black" if true == guess else "firebrick")
     return save_figure(fig, path)
