@@ -157,13 +157,14 @@ class Predictions:
 
 
 def read_predictions(run_dir: str | Path) -> Predictions:
-    """The run's validation predictions, made from best.pt first if training did not write them."""
-    path = Path(run_dir) / PREDICTIONS_FILE
-    if not path.is_file():
-        if not (Path(run_dir) / "best.pt").is_file():
-            raise ClassifierError(f"{run_dir}: neither {PREDICTIONS_FILE} nor best.pt; pass the "
-                                  f"folder a training run wrote to (train.py --out)")
+    """The run's validation predictions; made from best.pt first when training did not write
+    them, or wrote them before best.pt last changed (a run stopped early)."""
+    path, best = Path(run_dir) / PREDICTIONS_FILE, Path(run_dir) / "best.pt"
+    if best.is_file() and (not path.is_file() or path.stat().st_mtime < best.stat().st_mtime):
         predict_validation(run_dir)
+    elif not path.is_file():
+        raise ClassifierError(f"{run_dir}: neither {PREDICTIONS_FILE} nor best.pt; pass the "
+                              f"folder a training run wrote to (train.py --out)")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows:
         raise ClassifierError(f"{path}: holds no predictions")

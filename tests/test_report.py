@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -62,17 +63,24 @@ def test_report_numbers_match_the_metrics_log(run):
     assert f"{best['val_accuracy']:.2%}" in page and f"{best['val_loss']:.4f}" in page
 
 
-def test_predictions_rebuilt_from_best_pt_when_missing(run, tmp_path):
-    """Runs from before val_predictions.jsonl existed still get a report, with the same numbers."""
+@pytest.mark.parametrize("damage", ["missing", "older than best.pt"])
+def test_predictions_rebuilt_from_best_pt(run, tmp_path, damage):
+    """Runs from before val_predictions.jsonl existed, or stopped after a newer best.pt, still
+    get a report of best.pt, with the same numbers."""
     before = json.loads((run / "report" / "report.json").read_text())
-    original = (run / report.PREDICTIONS_FILE).read_text()
-    (run / report.PREDICTIONS_FILE).unlink()
+    predictions = run / report.PREDICTIONS_FILE
+    original = predictions.read_text()
+    if damage == "missing":
+        predictions.unlink()
+    else:
+        predictions.write_text(original.replace('"epoch": ', '"epoch": 99'))  # not best.pt's
+        os.utime(predictions, ns=(0, 0))
     try:
         assert report_main([str(run), "--out", str(tmp_path / "again")]) == 0
         after = json.loads((tmp_path / "again" / "report.json").read_text())
     finally:
-        (run / report.PREDICTIONS_FILE).write_text(original)
-    assert after["confusion"] == before["confusion"]
+        predictions.write_text(original)
+    assert after["confusion"] == before["confusion"] and after["best_epoch"] == before["best_epoch"]
     assert after["cross_entropy"] == pytest.approx(before["cross_entropy"], abs=1e-9)
 
 
