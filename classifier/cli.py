@@ -66,7 +66,9 @@ def train_main(argv: list[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     if args.pop("list_models"):
         for name in list_models():
-            flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in model_entry(name).recommended.items())
+            flags = " ".join(("--" if v is not False else "--no-") + k.replace("_", "-")
+                             + ("" if isinstance(v, bool) else f" {v}")
+                             for k, v in model_entry(name).recommended.items())
             print(f"{name}  (with --pretrained: {flags})" if flags else name)
         return 0
     return _run(train, TrainConfig(**args))

@@ -345,6 +345,7 @@ def train(config: TrainConfig) -> dict:
     scheduler = make_schedule(config, optimizer, len(train_batches))
     policy = Augmentation(min_scale=config.min_scale) if config.augment and not logits_fn else None
     calibrated = {}  # temperature, calibration and neither rule fitted on the latest validation
+    best_probabilities = None  # best.pt's calibrated val probabilities, for val_predictions.jsonl
 
     start_epoch, start_step, best_accuracy, running = 0, 0, -1.0, [0.0, 0, 0]
     if resume_state is not None:
@@ -445,12 +446,13 @@ def train(config: TrainConfig) -> dict:
             start_step, running = 0, [0.0, 0, 0]
             if val["accuracy"] > best_accuracy:
                 best_accuracy = val["accuracy"]
+                best_probabilities = (val["logits"] / fit["temperature"]).softmax(1)
                 save("best.pt", epoch + 1, 0, metrics, with_state=False)
             save("last.pt", epoch + 1, 0, metrics, with_state=True)
             if distributed.any_rank(stop.requested) and epoch + 1 < config.epochs:
                 stop_here(epoch + 1, 0, metrics, stop.requested)
     if session.is_main:  # what the report reads: best.pt's predictions on the val images
-        write_predictions(out, val_images, config.tta, config.device)
+        write_predictions(out, val_images, config.tta, config.device, probabilities=best_probabilities)
         if config.report:
             print(f"report: {build_report(out)}")
     return metrics
