@@ -242,7 +242,7 @@ def draw_templates(model: nn.Module, preprocessing: Preprocessing, classes: list
 
 def explain(classifier: Classifier, source, out: str | Path, target: int | None = None) -> tuple[Explanation, list[Path]]:
     """Write heatmap.png and whichever of feature_maps.png, filters.png, templates.png apply."""
-    require_matplotlib()
+    check_explainable(classifier)
     out = Path(out)
     explanation = explain_image(classifier, source, target)
     written = [draw_heatmap(explanation, display_photo(classifier, source), classifier.classes,
@@ -255,11 +255,19 @@ def explain(classifier: Classifier, source, out: str | Path, target: int | None 
     return explanation, [p for p in written if p is not None]
 
 
+def check_explainable(classifier: Classifier) -> None:
+    """Explaining needs gradients: a PyTorch model, not an exported ONNX one."""
+    require_matplotlib()
+    if not isinstance(classifier.model, nn.Module):
+        raise ClassifierError("explaining needs the PyTorch checkpoint (.pt) the model was exported "
+                              "from: an exported model gives no gradients or feature maps")
+
+
 class HeatmapWriter:
     """Writes folder/<image name>.png, a heatmap figure, for each photo predict classifies."""
 
     def __init__(self, classifier: Classifier, folder: str | Path):
-        require_matplotlib()
+        check_explainable(classifier)
         self.classifier, self.folder, self.used = classifier, Path(folder), set()
 
     def write(self, source: str) -> Path:

@@ -176,3 +176,13 @@ def test_without_matplotlib_explain_says_what_to_install(checkpoints, tiny_real,
     assert "pip install .[viz]" in capsys.readouterr().err
     with pytest.raises(ClassifierError, match=r"pip install \.\[viz\]"):
         explain.explain(explain.Classifier.load(checkpoints["convnet"]), photo, tmp_path)
+
+
+def test_an_exported_model_cannot_be_explained(checkpoints, tiny_real, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from classifier.export import export
+
+    model = export(checkpoints["convnet"], tmp_path / "model.onnx")
+    photo = str(tiny_real / "val" / "cat" / "cat.4001.jpg")
+    assert predict_main([photo, "--checkpoint", str(model), "--explain", str(tmp_path / "heat")]) == 1
+    assert "needs the PyTorch checkpoint (.pt)" in capsys.readouterr().err
