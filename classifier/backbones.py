@@ -181,11 +181,11 @@ def lite0_weights_file() -> Path:
 
 
 @register("efficientnet_lite0", pretrained=True, preprocessing={"resize": "center_crop"},
-          recommended={"image_size": 224, "finetune": "last", "finetune_stages": 2, "views": 2,
+          recommended={"image_size": 224, "finetune": "probe", "views": 2,
                        "epochs": 10, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05,
                        "batch_size": 64, "tta": True})
 def efficientnet_lite0(num_classes: int, pretrained: bool = False, weights: str = "",
-                       finetune: str = "last", finetune_stages: int = 2, dropout: float = 0.2) -> Backbone:
+                       finetune: str = "probe", finetune_stages: int = 2, dropout: float = 0.2) -> Backbone:
     """EfficientNet-Lite0 (4.7 M parameters; inputs scaled to [-1, 1]); 9 stages: the stem,
     the 7 block stages and the 1x1 head convolution to 1280 features."""
     stages, width = [nn.Sequential(*conv_bn_relu6(3, 32, 3, 2))], 32

@@ -92,7 +92,7 @@ def test_offline_torchvision_download_is_a_clear_error(monkeypatch):
 
 def test_recommended_recipe_applies_only_to_unset_fields_of_pretrained_models():
     recipe = TrainConfig(model="efficientnet_lite0", pretrained=True).resolved()
-    assert (recipe.finetune, recipe.image_size, recipe.tta) == ("last", 224, True)
+    assert (recipe.finetune, recipe.image_size, recipe.tta, recipe.views) == ("probe", 224, True, 2)
     assert TrainConfig(model="efficientnet_lite0", pretrained=True, epochs=3).resolved().epochs == 3
     scratch = TrainConfig(model="efficientnet_lite0").resolved()
     assert (scratch.finetune, scratch.image_size, scratch.lr) == ("full", 64, 0.05)
