@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from classifier import distributed
-from classifier.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from classifier.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
 from classifier.data import (Augmentation, Batches, Preprocessing, augment, check_usable,
                              decode_images, default_cache_dir, default_data_dir, find_dataset)
 from classifier.errors import ClassifierError
@@ -194,8 +194,7 @@ def build_model(config: TrainConfig, classes: list[str]):
                              **model_arguments(config.model, asdict(config)))
         return model, preprocessing
     checkpoint = load_checkpoint(config.init)
-    model = create_model(**checkpoint["model"])
-    load_weights(model, checkpoint["state_dict"], config.init)
+    model = model_from_checkpoint(checkpoint, config.init)
     if checkpoint["classes"] != classes:
         model.reset_classifier(len(classes))
         print(f"{config.init} was trained on {checkpoint['classes']}; this data has {classes}: "

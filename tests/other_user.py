@@ -1,12 +1,14 @@
-"""Run a function as an unprivileged user, so file permissions really apply.
+"""Run a function in a forked child as an unprivileged user.
 
 Tests run as root, for whom chmod 000 changes nothing. A forked child that drops to the
 `nobody` user (uid/gid 65534) meets permissions as any user would; it needs no Python of
-its own, since the fork already holds everything imported.
+its own, since the fork already holds everything imported. The child must not run torch's
+parallel kernels: its thread pool does not survive a fork.
 """
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -30,10 +32,12 @@ def run_as_nobody(function, *args):
         try:
             os.close(results[0]), os.close(errors[0])
             os.dup2(errors[1], 2)
+            sys.stderr = open(2, "w", closefd=False)  # past pytest's capture, into the pipe
             os.setgroups([]), os.setgid(NOBODY), os.setuid(NOBODY)
             payload = {"result": function(*args)}
         except BaseException as error:  # reported to the parent, which fails the test
             payload, status = {"exception": f"{type(error).__name__}: {error}"}, 1
+        sys.stderr.flush()
         os.write(results[1], json.dumps(payload).encode())
         os._exit(status)
     os.close(results[1]), os.close(errors[1])
