@@ -48,6 +48,7 @@ def test_onnx_gives_the_same_probabilities_as_pytorch(trained, onnx_file, tiny_r
         torch.testing.assert_close(torch.from_numpy(probabilities), model.probabilities(batch), atol=1e-4, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # deprecated upstream, still supported
 def test_torchscript_gives_the_same_probabilities_as_pytorch(trained, tiny_real, tmp_path):
     path = export(trained, tmp_path / "model.ts", "torchscript")
     model = Classifier.load(trained, "cpu")
