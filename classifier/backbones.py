@@ -125,12 +125,6 @@ def load_in_order(target: nn.Module, state: dict[str, torch.Tensor], source: str
     target.load_state_dict(dict(zip(own, state.values())))
 
 
-def load_by_name(target: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    from classifier.checkpoint import load_weights
-
-    load_weights(target, state, source)
-
-
 # --------------------------------------------------------------------------- EfficientNet-Lite0
 
 
@@ -212,9 +206,11 @@ def torchvision_model(name: str, weights_name: str, pretrained: bool, weights: s
     or download; offline with nothing cached it is a ClassifierError that says what to do."""
     import torchvision
 
+    from classifier.checkpoint import load_weights  # checkpoint imports the registry: import late
+
     model = torchvision.models.get_model(name, weights=None)
     if weights:
-        load_by_name(model, read_weights(weights), weights)
+        load_weights(model, read_weights(weights), weights)
     elif pretrained:
         enum = torchvision.models.get_model_weights(name)[weights_name]
         try:
@@ -223,7 +219,7 @@ def torchvision_model(name: str, weights_name: str, pretrained: bool, weights: s
             raise ClassifierError(
                 f"could not download the ImageNet weights of {name} from {enum.url} ({error}); "
                 f"offline, fetch that file elsewhere and pass --weights FILE") from None
-        load_by_name(model, state, enum.url)
+        load_weights(model, state, enum.url)
     return model
 
 
