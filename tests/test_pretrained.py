@@ -3,6 +3,7 @@ calibration and the "neither" answer. Small images and a dozen photos keep it fa
 
 import json
 import urllib.error
+from dataclasses import fields
 
 import pytest
 import torch
@@ -92,10 +93,11 @@ def test_offline_torchvision_download_is_a_clear_error(monkeypatch):
 
 def test_recommended_recipe_applies_only_to_unset_fields_of_pretrained_models():
     recipe = TrainConfig(model="efficientnet_lite0", pretrained=True).resolved()
-    assert (recipe.finetune, recipe.image_size, recipe.tta, recipe.views) == ("probe", 224, True, 2)
+    assert (recipe.finetune, recipe.image_size, recipe.tta, recipe.views) == ("probe", 272, True, 2)
     assert TrainConfig(model="efficientnet_lite0", pretrained=True, epochs=3).resolved().epochs == 3
     scratch = TrainConfig(model="efficientnet_lite0").resolved()
-    assert (scratch.finetune, scratch.image_size, scratch.lr) == ("full", 64, 0.05)
+    fallback = {f.name: f.metadata.get("fallback") for f in fields(TrainConfig)}
+    assert (scratch.finetune, scratch.image_size, scratch.lr) == ("full", 64, fallback["lr"])
     assert TrainConfig().resolved().optimizer == "sgd"
 
 
