@@ -73,7 +73,7 @@ def train_steps(model, batches, step, seconds: float) -> float:
 
 
 def throughput(data: str, seconds: float) -> dict:
-    config = TrainConfig(data=data)
+    config = TrainConfig(data=data).resolved()
     dataset = find_dataset(data)
     model, preprocessing = build_model(config, dataset.classes)
     optimizer = make_optimizer(config, model)

@@ -128,14 +128,21 @@ def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class ResidualBlock(nn.Module):
-    """x + conv(conv(x)): lets gradients reach early layers directly."""
+    """relu(x + conv(conv(x))): lets gradients reach early layers directly.
+
+    The branch's last batch norm starts at zero, so each block starts as the identity and
+    training adds to it only what helps; this keeps early training stable.
+    """
 
     def __init__(self, channels: int):
         super().__init__()
-        self.convs = nn.Sequential(conv_bn(channels, channels), conv_bn(channels, channels))
+        self.convs = nn.Sequential(conv_bn(channels, channels),
+                                   nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(channels))
+        nn.init.zeros_(self.convs[-1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.convs(x)
+        return torch.relu(x + self.convs(x))
 
 
 @register("convnet")

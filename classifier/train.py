@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from classifier import distributed
@@ -79,20 +79,20 @@ class TrainConfig:
     dropout: float = option(0.2, "convnet: dropout before the output layer")
     # optimization
     loss: str = option("ce", "ce: cross-entropy; mse: squared error of softmax probabilities", choices=("ce", "mse"))
-    label_smoothing: float = option(0.0, "ce: weight moved from the true class to all classes")
+    label_smoothing: float = model_option(0.1, "ce: weight moved from the true class to all classes")
     optimizer: str = model_option("sgd", "optimizer", choices=("sgd", "adamw"))
-    lr: float = model_option(0.05, "peak learning rate")
+    lr: float = model_option(0.03, "peak learning rate")
     momentum: float = option(0.9, "sgd momentum (0 for plain gradient descent)")
     nesterov: bool = option(True, "sgd: Nesterov momentum")
     weight_decay: float = model_option(5e-4, "weight decay (not applied to biases and norm layers)")
     schedule: str = option("cosine", "learning rate after warmup", choices=("cosine", "constant"))
-    warmup_epochs: float = option(1.0, "epochs of linear learning-rate warmup")
-    epochs: int = model_option(10, "passes over the training images")
+    warmup_epochs: float = model_option(2.0, "epochs of linear learning-rate warmup")
+    epochs: int = model_option(60, "passes over the training images")
     batch_size: int = model_option(64, "images per step (per process under torchrun: the global batch is N times larger)")
     augment: bool = option(True, "random resized crops and flips while training")
     min_scale: float = option(0.35, "smallest share of the image area a random crop keeps")
-    ema: float = option(0.0, "decay of a moving average of the weights that is evaluated and saved instead of the raw weights (0: off)")
-    tta: bool = model_option(False, "evaluate on each image and its mirror image, averaged")
+    ema: float = model_option(0.999, "decay of a moving average of the weights that is evaluated and saved instead of the raw weights (0: off)")
+    tta: bool = model_option(True, "evaluate on each image and its mirror image, averaged")
     # run
     seed: int = option(0, "seed for the split, initialization, shuffling and augmentation")
     device: str = option("auto", "auto, cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
@@ -236,6 +236,21 @@ def check_free_space(folder: Path, model: nn.Module) -> None:
                               f"{need / 1e6:.1f} MB; free some space or choose another --out")
 
 
+def ema_update(decay: float):
+    """An AveragedModel update: exponential moving average whose decay grows to `decay` as
+    (1 + n) / (10 + n) over the first updates, so early averages are not dominated by the
+    random initialization."""
+
+    def update(averaged: list, current: list, updates) -> None:
+        n = float(updates)
+        if averaged[0].is_floating_point():  # called once per dtype; counters are copied as they are
+            torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
+        else:
+            torch._foreach_copy_(averaged, current)
+
+    return update
+
+
 def step_seed(seed: int, epoch: int, step: int) -> int:
     return (seed * 1_000_003 + epoch) * 100_003 + step
 
@@ -296,8 +311,7 @@ def train(config: TrainConfig) -> dict:
         freeze_all_but_classifier(model)
     model.to(device, memory_format=memory_format(config.channels_last))
     # With --ema, evaluation and checkpoints use the averaged weights; training updates `model`.
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) \
-        if config.ema else None
+    ema = AveragedModel(model, multi_avg_fn=ema_update(config.ema), use_buffers=True) if config.ema else None
     inference_model = ema.module if ema else model
     if ema and resume_state is not None:
         load_weights(ema.module, resumed["state_dict"], config.resume)

@@ -126,3 +126,24 @@ def test_missing_data_is_a_one_line_error(tmp_path, capsys):
     assert train_main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")]) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: no data folder") and "\n" not in error
+
+
+def test_ema_warms_up_then_averages_slowly():
+    from torch.optim.swa_utils import AveragedModel
+    from classifier.models import create_model
+    from classifier.train import ema_update
+
+    model = create_model("convnet", channels=(4,))
+    ema = AveragedModel(model, multi_avg_fn=ema_update(0.99), use_buffers=True)
+    ema.update_parameters(model)  # the first update copies
+    weight = lambda m: m.get_classifier().weight.detach().clone()
+    start = weight(model)
+    for n in range(1, 400):
+        with torch.no_grad():
+            model.get_classifier().weight.fill_(float(n))
+        ema.update_parameters(model)
+        if n == 1:  # decay (1 + 1) / (10 + 1): mostly the new weights already
+            torch.testing.assert_close(weight(ema.module), start * 2 / 11 + 9 / 11)
+    # late updates use the full decay 0.99: the average lags about 1 / (1 - 0.99) = 100 updates
+    assert 290 < weight(ema.module).mean().item() < 310
+    assert ema.module.features[0][1].num_batches_tracked.dtype == torch.long
