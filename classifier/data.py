@@ -45,11 +45,11 @@ DEFAULT_CACHE = "~/.cache/catsdogs-classifier"
 IMAGE_EXTENSIONS = tuple(sorted(set(IMG_EXTENSIONS) | {".gif"}))
 MAX_PIXELS = 100_000_000  # refuse larger images before decoding (decompression bombs)
 
-NO_DATA_HELP = (
+LAYOUT_HELP = (
     "put photos in DIR/train/<class>/ and DIR/val/<class>/, or DIR/<class>/, or name them "
-    "DIR/cat.1.jpg, DIR/dog.1.jpg; pass --data DIR or set " + DATA_ENV + "; or run "
-    "`python -m classifier.data download` to fetch the Oxford-IIIT Pet photos"
+    "DIR/cat.1.jpg, DIR/dog.1.jpg; pass --data DIR or set " + DATA_ENV
 )
+NO_DATA_HELP = LAYOUT_HELP + "; or run `python -m classifier.data download` to fetch the Oxford-IIIT Pet photos"
 
 
 def default_data_dir() -> str:
@@ -483,7 +483,7 @@ def download_oxford_pets(out: str | Path, root: str | Path, download: bool = Tru
         except OSError as error:
             raise ClassifierError(
                 f"could not download Oxford-IIIT Pet into {root} ({error}); without a network, "
-                f"put your own photos in place instead: {NO_DATA_HELP}") from None
+                f"put your own photos in place instead: {LAYOUT_HELP}") from None
         for image_path, label in zip(pets._images, pets._bin_labels):
             target = Path(out) / folder / pets.bin_classes[label].lower() / Path(image_path).name
             target.parent.mkdir(parents=True, exist_ok=True)

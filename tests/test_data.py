@@ -185,3 +185,17 @@ def test_oxford_pets_conversion_from_a_local_copy(tmp_path):
     dataset = find_dataset(tmp_path / "out")
     assert dataset.classes == ["cat", "dog"] and len(dataset.train) == 3 and len(dataset.val) == 2
     assert (tmp_path / "out" / "train" / "dog" / "beagle_2.jpg").is_file()
+
+
+def test_download_offline_is_one_line_that_does_not_suggest_downloading(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(torchvision.datasets, "OxfordIIITPet", offline)
+    with pytest.raises(ClassifierError) as error:
+        download_oxford_pets(tmp_path / "out", tmp_path / "root")
+    message = str(error.value)
+    assert "could not download" in message and "DIR/train/<class>/" in message
+    assert "classifier.data download" not in message and "\n" not in message
