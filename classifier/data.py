@@ -462,6 +462,38 @@ def augment(images: torch.Tensor, generator: torch.Generator, policy: Augmentati
                          align_corners=False)
 
 
+MIXING = ("none", "mixup", "cutmix")
+
+
+def mix(images: torch.Tensor, labels: torch.Tensor, num_classes: int, kind: str,
+        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixUp or CutMix on a batch of float images: (images, soft targets [N, classes]).
+
+    Each image is blended with its partner, the image at the same place in the batch reversed,
+    in a proportion lam drawn uniformly from [0, 1) once per batch (Beta(1, 1), the usual
+    choice). mixup: lam * image + (1 - lam) * partner; cutmix: a rectangle of the partner,
+    covering 1 - lam of the area, pasted in. The targets mix the two labels the same way.
+    """
+    targets = F.one_hot(labels, num_classes).float()
+    if images.dtype == torch.uint8:
+        images = images.float().div(255)
+    if kind == "none":
+        return images, targets
+    lam = float(torch.rand((), generator=generator))
+    partner = images.flip(0)
+    if kind == "mixup":
+        mixed = images * lam + partner * (1 - lam)
+    else:
+        h, w = images.shape[-2:]
+        cut_h, cut_w = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+        top = int(torch.randint(0, h - cut_h + 1, (), generator=generator))
+        left = int(torch.randint(0, w - cut_w + 1, (), generator=generator))
+        mixed = images.clone()
+        mixed[..., top:top + cut_h, left:left + cut_w] = partner[..., top:top + cut_h, left:left + cut_w]
+        lam = 1 - cut_h * cut_w / (h * w)  # the share of the image actually kept
+    return mixed, targets * lam + targets.flip(0) * (1 - lam)
+
+
 # --------------------------------------------------------------------------- command line
 
 

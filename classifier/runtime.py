@@ -11,7 +11,7 @@ from torch import nn
 from classifier.errors import ClassifierError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def select_device(name: str = "auto", index: int | None = None) -> torch.device:
@@ -32,10 +32,30 @@ def select_device(name: str = "auto", index: int | None = None) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, precision: str = "fp32"):
-    """A context that runs the forward pass in bf16 or fp16 (fp32: does nothing)."""
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes in bf16 natively: CUDA GPUs that support it, and CPUs
+    with AVX512-BF16 or AMX instructions (elsewhere bf16 is emulated, and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(getattr(torch.cpu, check, lambda: False)()
+                   for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 where the device computes it natively (see native_bf16), fp32 elsewhere."""
     if precision not in PRECISIONS:
         raise ClassifierError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """A context that runs the forward pass in bf16 or fp16 (fp32: does nothing; auto: see
+    resolve_precision)."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "fp16" and device.type == "cpu":

@@ -29,15 +29,15 @@ from tqdm import tqdm
 
 from classifier import distributed
 from classifier.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
-from classifier.data import (Augmentation, Batches, Preprocessing, augment, check_usable,
-                             decode_images, default_cache_dir, default_data_dir, find_dataset)
+from classifier.data import (MIXING, Augmentation, Batches, Preprocessing, augment, check_usable,
+                             decode_images, default_cache_dir, default_data_dir, find_dataset, mix)
 from classifier.errors import ClassifierError
 from classifier.models import create_model, model_arguments, model_entry
 from classifier.predict import logits_for
 from classifier.calibration import calibrate, neither_rule
 from classifier.transfer import caches_features, cached_features, flatten_views, tail_logits
 from classifier.report import build_report, require_matplotlib, write_predictions
-from classifier.runtime import autocast, compile_model, grad_scaler, memory_format
+from classifier.runtime import PRECISIONS, autocast, compile_model, grad_scaler, memory_format, resolve_precision
 
 
 def option(default, help: str, **extra):
@@ -91,13 +91,16 @@ class TrainConfig:
     batch_size: int = model_option(64, "images per step (per process under torchrun: the global batch is N times larger)")
     augment: bool = option(True, "random resized crops and flips while training")
     min_scale: float = option(0.35, "smallest share of the image area a random crop keeps")
+    mixing: str = option("none", "blend pairs of training images and their labels: mixup (whole images) or "
+                         "cutmix (a pasted rectangle); not with cached features", choices=MIXING)
     ema: float = model_option(0.999, "decay of a moving average of the weights that is evaluated and saved instead of the raw weights (0: off)")
     tta: bool = model_option(True, "evaluate on each image and its mirror image, averaged")
     # run
     seed: int = option(0, "seed for the split, initialization, shuffling and augmentation")
     device: str = option("auto", "auto, cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
-    precision: str = option("fp32", "fp32; bf16 autocast; fp16 autocast with gradient scaling (CUDA only)",
-                            choices=("fp32", "bf16", "fp16"))
+    precision: str = option("fp32", "fp32; bf16 autocast; fp16 autocast with gradient scaling (CUDA only); "
+                            "auto: bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16 "
+                            "or AMX), else fp32", choices=PRECISIONS)
     channels_last: bool = option(False, "keep images and convolution weights in NHWC order (faster on recent GPUs)")
     compile: bool = option(False, "torch.compile the model: slow first steps, faster after (mostly on GPUs)")
     out: str = option("checkpoints", "output folder for best.pt, last.pt and metrics.jsonl")
@@ -128,11 +131,13 @@ class TrainConfig:
 
 def compute_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
     """ce: cross-entropy; mse: the article's error, mean squared difference between the
-    softmax probabilities and the one-hot target."""
+    softmax probabilities and the one-hot target. targets: class indices [N], or class
+    probabilities [N, classes] (mixed images)."""
     if kind == "ce":
         return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-    one_hot = F.one_hot(targets, logits.shape[1]).float()
-    return F.mse_loss(logits.softmax(dim=1), one_hot)
+    if targets.ndim == 1:
+        targets = F.one_hot(targets, logits.shape[1]).float()
+    return F.mse_loss(logits.softmax(dim=1), targets)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -291,6 +296,7 @@ def train(config: TrainConfig) -> dict:
     torch.manual_seed(config.seed)
     session = distributed.start(config.device)
     device = session.device
+    config.precision = resolve_precision(config.precision, device)  # what checkpoints record
     out = Path(config.out)
     if session.is_main:
         check_writable(out)
@@ -345,9 +351,9 @@ def train(config: TrainConfig) -> dict:
         crops = Augmentation(min_scale=config.min_scale) if config.augment else None
         train_images = flatten_views(cached_features(
             model, train_images, preprocessing, device, config.views if crops else 1, policy=crops,
-            seed=config.seed, desc="features of train views"))
+            seed=config.seed, precision=config.precision, desc="features of train views"))
         val_features = cached_features(model, val_images, preprocessing, device, flip=config.tta,
-                                       desc="features of val")
+                                       precision=config.precision, desc="features of val")
         logits_fn = tail_logits(inference_model)
 
     optimizer = make_optimizer(config, model)
@@ -409,11 +415,15 @@ def train(config: TrainConfig) -> dict:
                 torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout
                 images, labels = images.to(device), labels.to(device)
                 x = augment(images, generator, policy, **shard) if policy else images
+                targets = labels
+                if config.mixing != "none" and not logits_fn:
+                    x, targets = mix(x, labels, len(dataset.classes), config.mixing, generator)
                 with autocast(device, config.precision):
                     logits = (model.tail(x.float()) if logits_fn else trainee(preprocessing.normalize(x))).float()
-                loss = compute_loss(config.loss, logits, labels, config.label_smoothing)
+                loss = compute_loss(config.loss, logits, targets, config.label_smoothing)
+                majority = targets.argmax(1) if targets.ndim == 2 else targets  # mixed: the larger share
                 loss_sum, correct, seen = distributed.all_sum(
-                    [loss.item() * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels)])
+                    [loss.item() * len(labels), (logits.argmax(1) == majority).sum().item(), len(labels)])
                 if not math.isfinite(loss_sum):
                     raise ClassifierError(
                         f"the loss became {loss_sum / seen} at epoch {epoch + 1}, step {step}: training "

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from classifier.data import Augmentation, DecodedImages, augment
-from classifier.runtime import memory_format
+from classifier.runtime import autocast
 
 FEATURE_DTYPE = torch.float16  # halves the memory; the tail computes in float32
 
@@ -29,15 +29,19 @@ def caches_features(model: nn.Module) -> bool:
 @torch.inference_mode()
 def cached_features(model: nn.Module, decoded: DecodedImages, preprocessing, device: torch.device,
                     views: int = 1, flip: bool = False, policy: Augmentation | None = None,
-                    seed: int = 0, batch_size: int = 64, desc: str = "features") -> DecodedImages:
+                    seed: int = 0, batch_size: int = 64, precision: str = "fp32",
+                    desc: str = "features") -> DecodedImages:
     """The frozen stages' outputs for every image, as a DecodedImages of [N, V, C, H, W].
 
     View 0 is the image itself; with `flip` view 1 is its mirror image; further views (up to
     `views`) are random crops and flips drawn from `policy`, seeded by (seed, view).
+    The frozen stages run in `precision` (bf16: 2-3x faster on CPUs with AVX512-BF16), with
+    weights and inputs in NHWC memory order, which runs depthwise convolutions faster on CPUs.
     """
     model.eval()
     images, chunks = decoded.images, []
-    fmt = memory_format(True)  # NHWC runs the depthwise convolutions faster on the CPU
+    fmt = torch.channels_last
+    model.to(memory_format=fmt)
     progress = tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=None)
     for start in progress:
         batch = images[start:start + batch_size].to(device)
@@ -47,8 +51,9 @@ def cached_features(model: nn.Module, decoded: DecodedImages, preprocessing, dev
         for view in range(len(inputs), views):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + view * 10_007 + start)
             inputs.append(augment(batch, generator, policy))
-        outputs = [model.frozen_features(preprocessing.normalize(x).contiguous(memory_format=fmt))
-                   for x in inputs]
+        with autocast(device, precision):
+            outputs = [model.frozen_features(preprocessing.normalize(x).contiguous(memory_format=fmt))
+                       for x in inputs]
         chunks.append(torch.stack(outputs, 1).to("cpu", FEATURE_DTYPE).contiguous())
     features = torch.cat(chunks) if chunks else torch.empty(0)
     return DecodedImages(features, decoded.labels, decoded.paths, decoded.skipped)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from classifier.data import (Augmentation, Batches, DecodedImages, Preprocessing, augment,
+from classifier.data import (Augmentation, Batches, DecodedImages, Preprocessing, augment, mix,
                              decode_images, download_oxford_pets, find_dataset)
 from classifier.errors import ClassifierError
 from conftest import make_image
@@ -158,6 +158,34 @@ def test_augment_flip_only_mirrors_some_images():
     mirrored = [torch.allclose(o, i.float().flip(-1) / 255, atol=1e-4) for o, i in zip(out, images)]
     same = [torch.allclose(o, i.float() / 255, atol=1e-4) for o, i in zip(out, images)]
     assert all(m or s for m, s in zip(mirrored, same)) and 0 < sum(mirrored) < 32
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mix_blends_each_image_with_its_partner_and_the_labels_alike(kind):
+    images, labels = _batch(6).float() / 255, torch.tensor([0, 0, 1, 1, 2, 2])
+    partner, shares = images.flip(0), []
+    for seed in range(8):
+        mixed, targets = mix(images, labels, 3, kind, torch.Generator().manual_seed(seed))
+        assert mixed.shape == images.shape and targets.shape == (6, 3)
+        assert torch.equal(mixed, mix(images, labels, 3, kind, torch.Generator().manual_seed(seed))[0])
+        assert torch.allclose(targets.sum(1), torch.ones(6))
+        lam = targets[0, 0].item()  # image 0 (class 0) is paired with image 5 (class 2)
+        assert targets[0, 2].item() == pytest.approx(1 - lam)
+        if kind == "mixup":
+            assert torch.allclose(mixed, lam * images + (1 - lam) * partner, atol=1e-6)
+        else:  # every pixel comes from one image or the other, in the proportion of the targets
+            assert ((mixed == images).all(1) | (mixed == partner).all(1)).all()
+            from_partner = (mixed == partner).all(1) & (mixed != images).any(1)
+            assert from_partner[0].float().mean().item() == pytest.approx(1 - lam, abs=1e-6)
+        shares.append(lam)
+    assert len(set(shares)) > 2 and any(0.1 < lam < 0.9 for lam in shares)  # cutmix: whole pixels
+
+
+def test_mix_none_gives_one_hot_targets_and_float_images():
+    images, labels = _batch(4), torch.tensor([1, 0, 1, 0])
+    mixed, targets = mix(images, labels, 2, "none", torch.Generator())
+    assert torch.equal(mixed, images.float() / 255)
+    assert torch.equal(targets, torch.tensor([[0.0, 1], [1, 0], [0, 1], [1, 0]]))
 
 
 def test_batches_shuffle_under_a_seed_and_shard_across_ranks():

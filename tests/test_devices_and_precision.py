@@ -91,3 +91,28 @@ def test_auto_picks_the_cpu_without_accelerators():
     if torch.cuda.is_available() or torch.backends.mps.is_available():
         pytest.skip("an accelerator is present")
     assert runtime.select_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"),
+                                                        (False, False, "fp32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == expected
+    assert runtime.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert runtime.resolve_precision("auto", torch.device("mps")) == "fp32"
+
+
+def test_auto_precision_on_cuda_follows_bf16_support(monkeypatch):
+    for supported, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: supported)
+        assert runtime.resolve_precision("auto", torch.device("cuda")) == expected
+
+
+@pytest.mark.parametrize("native, expected", [(False, "fp32"), (True, "bf16")])
+def test_checkpoints_record_the_precision_auto_chose(tiny_real, plain, tmp_path, monkeypatch, native, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    out = tmp_path / "auto"
+    assert train_main(train_args(tiny_real, out, plain / "cache", "--epochs", 1, "--precision", "auto")) == 0
+    assert load_checkpoint(out / "last.pt")["config"]["precision"] == expected

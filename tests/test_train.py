@@ -147,3 +147,22 @@ def test_ema_warms_up_then_averages_slowly():
     # from update 890 on the decay is the full 0.99: the average lags about 0.99 / (1 - 0.99) = 99 updates
     assert 1390 < weight(ema.module).mean().item() < 1410
     assert ema.module.features[0][1].num_batches_tracked.dtype == torch.long
+
+
+@pytest.mark.parametrize("kind", ["ce", "mse"])
+def test_loss_of_one_hot_probability_targets_equals_that_of_class_indices(kind):
+    from classifier.train import compute_loss
+
+    logits, labels = torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    soft = torch.nn.functional.one_hot(labels, 3).float()
+    torch.testing.assert_close(compute_loss(kind, logits, soft, 0.1 if kind == "ce" else 0.0),
+                               compute_loss(kind, logits, labels, 0.1 if kind == "ce" else 0.0))
+
+
+@pytest.mark.parametrize("mixing", ["mixup", "cutmix"])
+def test_training_with_mixed_images(tiny_real, tmp_path, mixing):
+    out = tmp_path / mixing
+    assert train_main(train_args(tiny_real, out, tmp_path / "cache", "--epochs", 2, "--mixing", mixing)) == 0
+    for row in metrics(out):
+        assert 0 <= row["train_accuracy"] <= 1 and row["train_loss"] > 0 and row["val_loss"] < 5
+    assert load_checkpoint(out / "best.pt")["config"]["mixing"] == mixing
