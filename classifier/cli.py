@@ -14,6 +14,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from classifier.errors import ClassifierError
+from classifier.runtime import PRECISIONS
 
 
 def _parse_ints(text: str) -> tuple:
@@ -91,12 +92,15 @@ def predict_main(argv: list[str] | None = None) -> int:
                              "skips the images already in FILE, so an interrupted run resumes")
     parser.add_argument("--tta", action="store_true", help="average each image with its mirror image")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="(default: %(default)s)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="of the forward pass; auto: bf16 where the device computes it natively (CUDA, "
+                             "CPUs with AVX512-BF16 or AMX), else fp32 (default: %(default)s)")
     parser.add_argument("--explain", metavar="DIR", default="",
                         help="also write a Grad-CAM heatmap for each image, DIR/<image name>.png (needs matplotlib)")
     args = parser.parse_args(argv)
 
     def run() -> int:
-        classifier = Classifier.load(args.checkpoint, args.device)
+        classifier = Classifier.load(args.checkpoint, args.device, args.precision)
         if args.explain:
             from classifier.explain import HeatmapWriter
 

@@ -76,7 +76,7 @@ def export(checkpoint: str | Path, out: str | Path, format: str = "onnx") -> Pat
     """Write `checkpoint`'s model to `out` as ONNX or TorchScript; returns the path."""
     if format not in FORMATS:
         raise ClassifierError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
-    classifier = Classifier.load(checkpoint, device="cpu")
+    classifier = Classifier.load(checkpoint, device="cpu", precision="fp32")
     wrapper = ExportedModel(classifier).eval()
     size = classifier.preprocessing.image_size
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)

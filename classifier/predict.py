@@ -24,7 +24,7 @@ from classifier.calibration import energy_score, imagenet_score
 from classifier.checkpoint import load_checkpoint, model_from_checkpoint
 from classifier.data import Preprocessing, walk_images, decode_stream
 from classifier.errors import ClassifierError
-from classifier.runtime import autocast, select_device
+from classifier.runtime import autocast, resolve_precision, select_device
 
 
 def logits_for(model: nn.Module, images: torch.Tensor, preprocessing: Preprocessing,
@@ -58,19 +58,23 @@ class Classifier:
     temperature: float = 1.0
     device: torch.device = torch.device("cpu")
     neither: dict | None = None  # {"method": "imagenet" or "energy", "threshold"}: see calibration.py
+    precision: str = "fp32"  # of the forward pass: fp32, bf16 or fp16 (see runtime.autocast)
 
     @classmethod
-    def load(cls, path: str | Path = "checkpoints/best.pt", device: str = "auto") -> "Classifier":
-        """A checkpoint (.pt), or an exported ONNX model (.onnx, run by onnxruntime on the CPU)."""
+    def load(cls, path: str | Path = "checkpoints/best.pt", device: str = "auto",
+             precision: str = "auto") -> "Classifier":
+        """A checkpoint (.pt), or an exported ONNX model (.onnx, run by onnxruntime on the CPU).
+        precision auto: bf16 where the device computes it natively, as training does."""
         if Path(path).suffix.lower() == ".onnx":
             from classifier.export import OnnxClassifier
 
             return OnnxClassifier.load(path)
         device = select_device(device)
         checkpoint = load_checkpoint(path)
-        model = model_from_checkpoint(checkpoint, path).to(device).eval()
+        model = model_from_checkpoint(checkpoint, path).to(device, memory_format=torch.channels_last).eval()
         return cls(model, checkpoint["classes"], Preprocessing(**checkpoint["preprocessing"]),
-                   float(checkpoint.get("temperature", 1.0)), device, checkpoint.get("neither"))
+                   float(checkpoint.get("temperature", 1.0)), device, checkpoint.get("neither"),
+                   resolve_precision(precision, device))
 
     def probabilities(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """uint8 images [N, 3, S, S] -> probabilities [N, classes]."""
@@ -90,7 +94,8 @@ class Classifier:
 
     def logits(self, images: torch.Tensor, tta: bool = False, imagenet: bool = False):
         """uint8 images -> (logits, ImageNet logits or None), float32, before the temperature."""
-        return outputs_for(self.model, images.to(self.device), self.preprocessing, tta, imagenet=imagenet)
+        images = images.to(self.device).contiguous(memory_format=torch.channels_last)  # as the weights
+        return outputs_for(self.model, images, self.preprocessing, tta, self.precision, imagenet)
 
     def predict(self, image: str | Path | Image.Image, tta: bool = False) -> dict[str, float]:
         """One photo (a path or a PIL image) -> {class name: probability}."""

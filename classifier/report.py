@@ -78,8 +78,9 @@ def write_predictions(run_dir: str | Path, val_images: DecodedImages, tta: bool 
     calibration temperature), that temperature, and best.pt's epoch. Training passes the
     `probabilities` it already computed for best.pt, sparing a second pass over val."""
     checkpoint = Path(run_dir) / "best.pt"
-    classifier = Classifier.load(checkpoint, device)
-    epoch = load_checkpoint(checkpoint)["epoch"]
+    saved = load_checkpoint(checkpoint)
+    classifier = Classifier.load(checkpoint, device, saved.get("config", {}).get("precision", "fp32"))  # as trained
+    epoch = saved["epoch"]
     if probabilities is None:
         probabilities = torch.cat([classifier.probabilities(val_images.images[i:i + batch_size], tta)
                                    for i in range(0, len(val_images), batch_size)])

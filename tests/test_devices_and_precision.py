@@ -24,9 +24,9 @@ def plain(tiny_real, tmp_path_factory):
 
 
 def test_channels_last_trains_to_the_same_numbers(tiny_real, plain, tmp_path):
-    out = tmp_path / "nhwc"
+    out = tmp_path / "nchw"  # plain ran with the default, --channels-last
     assert train_main(train_args(tiny_real, out, plain / "cache", "--epochs", 1, "--dropout", 0,
-                                 "--channels-last")) == 0
+                                 "--no-channels-last")) == 0
     for key in ("train_loss", "val_loss"):
         assert last_metrics(out)[key] == pytest.approx(last_metrics(plain)[key], abs=1e-4)
     a, b = load_checkpoint(out / "best.pt")["state_dict"], load_checkpoint(plain / "best.pt")["state_dict"]

@@ -36,7 +36,7 @@ def val_images(tiny_real, model: Classifier) -> torch.Tensor:
 
 
 def test_onnx_gives_the_same_probabilities_as_pytorch(trained, onnx_file, tiny_real):
-    model = Classifier.load(trained, "cpu")
+    model = Classifier.load(trained, "cpu", precision="fp32")  # the exported model computes in fp32
     images = val_images(tiny_real, model)
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
@@ -51,7 +51,7 @@ def test_onnx_gives_the_same_probabilities_as_pytorch(trained, onnx_file, tiny_r
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # deprecated upstream, still supported
 def test_torchscript_gives_the_same_probabilities_as_pytorch(trained, tiny_real, tmp_path):
     path = export(trained, tmp_path / "model.ts", "torchscript")
-    model = Classifier.load(trained, "cpu")
+    model = Classifier.load(trained, "cpu", precision="fp32")  # the exported model computes in fp32
     images = val_images(tiny_real, model)
     extra = {"classifier.json": ""}
     scripted = torch.jit.load(str(path), _extra_files=extra)
@@ -63,7 +63,8 @@ def test_torchscript_gives_the_same_probabilities_as_pytorch(trained, tiny_real,
 def test_predict_with_an_onnx_file_prints_what_the_checkpoint_prints(trained, onnx_file, tiny_real, capsys):
     outputs = []
     for checkpoint in (trained, onnx_file):
-        assert predict_main([str(tiny_real / "val"), "--checkpoint", str(checkpoint), "--json", "--tta"]) == 0
+        assert predict_main([str(tiny_real / "val"), "--checkpoint", str(checkpoint), "--json", "--tta",
+                             "--precision", "fp32"]) == 0  # the ONNX file computes in fp32 (ignores the flag)
         outputs.append([json.loads(line) for line in capsys.readouterr().out.splitlines()])
     assert len(outputs[0]) == len(outputs[1]) == 12
     for ours, theirs in zip(*outputs):
