@@ -1,5 +1,5 @@
-"""fp32 against bf16 autocast on this CPU: training and inference speed of the default convnet,
-and how far bf16 moves its outputs.
+"""fp32 against bf16 autocast, NCHW against channels-last memory order, on this CPU: training
+and inference speed of the default convnet, and how far bf16 moves its outputs.
 
     python benchmarks/precision.py
 
@@ -64,19 +64,25 @@ def main() -> None:
         return step
 
     rows, outputs = [], {}
-    for precision in ("fp32", "bf16"):
-        model.train()
-        train = images_per_second(train_step(precision), len(x), args.seconds)
-        model.eval()
-        infer = images_per_second(infer_step(precision), len(x), args.seconds)
-        with torch.inference_mode(), autocast(device, precision):
-            outputs[precision] = model(x).float().softmax(1)
-        rows.append(f"| {precision} | {train:.0f} | {infer:.0f} |")
+    for layout in (torch.contiguous_format, torch.channels_last):
+        model.to(memory_format=layout)
+        x = x.contiguous(memory_format=layout)
+        for precision in ("fp32", "bf16"):
+            model.train()
+            train = images_per_second(train_step(precision), len(x), args.seconds)
+            model.eval()
+            infer = images_per_second(infer_step(precision), len(x), args.seconds)
+            with torch.inference_mode(), autocast(device, precision):
+                outputs[precision] = model(x).float().softmax(1)
+            name = "channels-last" if layout == torch.channels_last else "NCHW"
+            rows.append(f"| {precision} | {name} | {train:.0f} | {infer:.0f} |")
     difference = (outputs["fp32"] - outputs["bf16"]).abs().max().item()
-    body = (f"Default convnet ({config.image_size} px, batch {config.batch_size}), random inputs, images/s:\n\n"
-            "| precision | training | inference |\n|---|---|---|\n" + "\n".join(rows) +
+    body = (f"Default convnet ({config.image_size} px, batch {config.batch_size}, channels "
+            f"{','.join(map(str, config.channels))}), random inputs, images/s on {torch.get_num_threads()} "
+            "threads:\n\n| precision | memory order | training | inference |\n|---|---|---|---|\n"
+            + "\n".join(rows) +
             f"\n\nLargest difference between fp32 and bf16 probabilities on one batch: {difference:.4f}.")
-    write_section("precision", "fp32 against bf16 autocast (CPU)", body)
+    write_section("precision", "fp32 against bf16 autocast, NCHW against channels-last (CPU)", body)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,10 @@ from results import write_section  # noqa: E402
 
 MODES = {  # name: extra flags after --model efficientnet_lite0 --pretrained
     "recipe (defaults)": [],
-    "linear probe, 224 px, no augmentation, no TTA": ["--finetune", "probe", "--views", "1", "--no-tta"],
+    "linear probe, 224 px, no augmentation, no TTA": ["--finetune", "probe", "--views", "1", "--no-tta",
+                                                      "--image-size", "224"],
+    "last 2 stages on cached activations, 272 px, 3 epochs": ["--finetune", "last", "--finetune-stages", "2",
+                                                              "--epochs", "3", "--lr", "3e-4"],
     "full fine-tuning, 128 px, 2 epochs": ["--finetune", "full", "--image-size", "128", "--epochs", "2",
                                            "--lr", "0.002", "--backbone-lr", "0.1", "--views", "1"],
 }

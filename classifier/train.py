@@ -98,7 +98,7 @@ class TrainConfig:
     # run
     seed: int = option(0, "seed for the split, initialization, shuffling and augmentation")
     device: str = option("auto", "auto, cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
-    precision: str = option("fp32", "fp32; bf16 autocast; fp16 autocast with gradient scaling (CUDA only); "
+    precision: str = option("auto", "fp32; bf16 autocast; fp16 autocast with gradient scaling (CUDA only); "
                             "auto: bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16 "
                             "or AMX), else fp32", choices=PRECISIONS)
     channels_last: bool = option(True, "keep images and convolution weights in NHWC order (1.3x faster training "
