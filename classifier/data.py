@@ -32,8 +32,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
-from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
 from classifier.errors import ClassifierError
@@ -42,7 +40,9 @@ DATA_ENV = "CATSDOGS_DATA"
 DEFAULT_DATA = "data/catsdogs"
 CACHE_ENV = "CLASSIFIER_CACHE"
 DEFAULT_CACHE = "~/.cache/catsdogs-classifier"
-IMAGE_EXTENSIONS = tuple(sorted(set(IMG_EXTENSIONS) | {".gif"}))
+# torchvision's ImageFolder extensions, and GIF (written out: importing torchvision takes
+# about a second, which a single-photo predict should not pay)
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 100_000_000  # refuse larger images before decoding (decompression bombs)
 
 LAYOUT_HELP = (
@@ -93,7 +93,7 @@ class Preprocessing:
             image = image.resize(size, Image.Resampling.BILINEAR)
         else:
             image = ImageOps.fit(image, size, Image.Resampling.BILINEAR)
-        return pil_to_tensor(image)
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [0, 255] or float [0, 1] images -> normalized float tensor."""
