@@ -69,8 +69,8 @@ class TrainConfig:
                                  "features; last: the last --finetune-stages stages too; full: everything",
                                  choices=("probe", "last", "full"))
     finetune_stages: int = model_option(2, "backbones with --finetune last: how many final stages train")
-    views: int = model_option(1, "probe/last: cached views of each training image (the image, then random "
-                              "crops and flips), computed once")
+    views: int = model_option(1, "probe/last: cached views of each training image (the image, its mirror "
+                              "image, then random crops and flips), computed once")
     backbone_lr: float = model_option(1.0, "learning rate of pretrained layers, as a fraction of --lr")
     hidden: tuple = option((512, 128), "mlp: hidden layer sizes, comma-separated ('' for none)")
     activation: str = option("relu", "mlp: activation function", choices=("relu", "sigmoid", "tanh", "gelu"))
@@ -351,8 +351,9 @@ def train(config: TrainConfig) -> dict:
             raise ClassifierError("--finetune probe and last train on cached features in one process; "
                                   "under torchrun use --finetune full")
         crops = Augmentation(min_scale=config.min_scale) if config.augment else None
+        views = config.views if crops else 1  # the image, its mirror image, then random crops and flips
         train_images = flatten_views(cached_features(
-            model, train_images, preprocessing, device, config.views if crops else 1, policy=crops,
+            model, train_images, preprocessing, device, views, flip=views > 1, policy=crops,
             seed=config.seed, precision=config.precision, desc="features of train views"))
         val_features = cached_features(model, val_images, preprocessing, device, flip=config.tta,
                                        precision=config.precision, desc="features of val")

@@ -1,0 +1,75 @@
+"""Choose the efficientnet_lite0 probe's resolution by cross-validation on train/ alone.
+
+    python benchmarks/probe_resolution.py --data ../shared/data/catsdogs
+
+For each size: the frozen network runs once over the training photos (the photo and its
+mirror image, as the recipe caches them), then the recipe's linear probe (AdamW, lr 1e-3,
+weight decay 0.05, 10 epochs) is trained on all folds but one and scored on the held-out
+fold, averaging each photo with its mirror image (the recipe's TTA). val/ is never read.
+Writes its section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from classifier.data import Preprocessing, decode_images, find_dataset  # noqa: E402
+from classifier.models import create_model, model_entry  # noqa: E402
+from classifier.transfer import cached_features, tail_logits  # noqa: E402
+from results import write_section  # noqa: E402
+from tune_pretrained import train_tail  # noqa: E402
+
+
+def cross_validate(features: torch.Tensor, labels: torch.Tensor, folds: int) -> list[int]:
+    """Errors on each held-out fold of a probe trained on the other folds."""
+    fold_of = torch.arange(len(labels)) % folds
+    errors = []
+    for fold in range(folds):
+        fit, held = fold_of != fold, fold_of == fold
+        model = create_model("efficientnet_lite0", pretrained=True, finetune="probe")
+        views = features[fit].shape[1]
+        train_tail(model, features[fit].flatten(0, 1), labels[fit].repeat_interleave(views), epochs=10, lr=1e-3)
+        model.eval()
+        with torch.inference_mode():
+            errors.append(int((tail_logits(model)(features[held]).argmax(1) != labels[held]).sum()))
+    return errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="../shared/data/catsdogs", help="its train/ is used, val/ never (default: %(default)s)")
+    parser.add_argument("--sizes", default="224,272,320", help="image sizes to compare (default: %(default)s)")
+    parser.add_argument("--folds", type=int, default=4, help="cross-validation folds (default: %(default)s)")
+    args = parser.parse_args()
+    dataset = find_dataset(args.data)
+    train = dataset.train
+    network = create_model("efficientnet_lite0", pretrained=True, finetune="probe")
+    rows = []
+    for size in map(int, args.sizes.split(",")):
+        preprocessing = Preprocessing(size, **model_entry("efficientnet_lite0").preprocessing)
+        started = time.perf_counter()
+        decoded = decode_images(train.paths, train.labels, preprocessing, cache_dir=None)
+        features = cached_features(network, decoded, preprocessing, torch.device("cpu"), views=2, flip=True,
+                                   precision="auto", desc=f"{size} px")
+        seconds = time.perf_counter() - started
+        errors = cross_validate(features.images, features.labels, args.folds)
+        accuracy = 1 - sum(errors) / len(features.labels)
+        print(f"{size} px: {accuracy:.2%} ({sum(errors)} errors; per fold {errors}); decode + features {seconds:.0f} s",
+              flush=True)
+        rows.append(f"| {size} | {accuracy:.2%} | {sum(errors)} | {', '.join(map(str, errors))} | {seconds:.0f} s |")
+    body = (f"{len(train.paths)} photos of train/, {args.folds}-fold cross-validation, val/ not used:\n\n| image size | accuracy | errors | per fold | decode + features (2 views) |\n"
+            "|---|---|---|---|---|\n" + "\n".join(rows))
+    write_section("probe_resolution", "Pretrained probe: resolution by cross-validation on train/", body)
+
+
+if __name__ == "__main__":
+    main()
