@@ -87,7 +87,7 @@ class TrainConfig:
     weight_decay: float = model_option(5e-4, "weight decay (not applied to biases and norm layers)")
     schedule: str = option("cosine", "learning rate after warmup", choices=("cosine", "constant"))
     warmup_epochs: float = model_option(2.0, "epochs of linear learning-rate warmup")
-    epochs: int = model_option(60, "passes over the training images")
+    epochs: int = model_option(90, "passes over the training images")
     batch_size: int = model_option(64, "images per step (per process under torchrun: the global batch is N times larger)")
     augment: bool = option(True, "random resized crops and flips while training")
     min_scale: float = option(0.35, "smallest share of the image area a random crop keeps")
