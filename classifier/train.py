@@ -84,7 +84,7 @@ class TrainConfig:
     lr: float = model_option(0.03, "peak learning rate")
     momentum: float = option(0.9, "sgd momentum (0 for plain gradient descent)")
     nesterov: bool = option(True, "sgd: Nesterov momentum")
-    weight_decay: float = model_option(4e-3, "weight decay (not applied to biases and norm layers)")
+    weight_decay: float = model_option(8e-3, "weight decay (not applied to biases and norm layers)")
     schedule: str = option("cosine", "learning rate after warmup", choices=("cosine", "constant"))
     warmup_epochs: float = model_option(2.0, "epochs of linear learning-rate warmup")
     epochs: int = model_option(90, "passes over the training images")
