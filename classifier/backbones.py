@@ -181,7 +181,7 @@ PRETRAINED_RECIPE = {"label_smoothing": 0.0, "ema": 0.0, "warmup_epochs": 1.0, "
 @register("efficientnet_lite0", pretrained=True, preprocessing={"resize": "center_crop"},
           recommended={**PRETRAINED_RECIPE, "image_size": 272, "finetune": "probe", "views": 2,
                        "epochs": 10, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05,
-                       "batch_size": 64, "tta": True})
+                       "batch_size": 64, "tta": True, "tta_sizes": (320,)})
 def efficientnet_lite0(num_classes: int, pretrained: bool = False, weights: str = "",
                        finetune: str = "probe", finetune_stages: int = 2, dropout: float = 0.2) -> Backbone:
     """EfficientNet-Lite0 (4.7 M parameters; inputs scaled to [-1, 1]); 9 stages: the stem,

@@ -35,9 +35,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
             help_text = f.metadata["help"] + f" (default: the model's recommended value, else {sample})"
         if isinstance(sample, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif isinstance(default, tuple):
+        elif isinstance(sample, tuple):
+            shown = ",".join(map(str, sample)) or "none"
             parser.add_argument(flag, type=_parse_ints, default=default, metavar="N,N,...",
-                                help=f.metadata["help"] + f" (default: {','.join(map(str, default))})")
+                                help=help_text.replace("%(default)s", shown).replace(f"else {sample}", f"else {shown}"))
         else:
             parser.add_argument(flag, type=type(sample), default=default,
                                 choices=f.metadata.get("choices"), help=help_text)
@@ -68,7 +69,8 @@ def train_main(argv: list[str] | None = None) -> int:
     if args.pop("list_models"):
         for name in list_models():
             flags = " ".join(("--" if v is not False else "--no-") + k.replace("_", "-")
-                             + ("" if isinstance(v, bool) else f" {v}")
+                             + ("" if isinstance(v, bool) else f" {','.join(map(str, v))}" if isinstance(v, tuple)
+                                else f" {v}")
                              for k, v in model_entry(name).recommended.items())
             print(f"{name}  (with --pretrained: {flags})" if flags else name)
         return 0
@@ -90,7 +92,10 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", metavar="FILE.jsonl", default="",
                         help="append one JSON object per image to FILE instead of printing; a rerun "
                              "skips the images already in FILE, so an interrupted run resumes")
-    parser.add_argument("--tta", action="store_true", help="average each image with its mirror image")
+    parser.add_argument("--tta", action="store_true",
+                        help="average each image with its mirror image, and with the image decoded at the "
+                             "checkpoint's test-time sizes if it has any (what training evaluated: slower, "
+                             "more accurate)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="(default: %(default)s)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="of the forward pass; auto: bf16 where the device computes it natively (CUDA, "

@@ -24,7 +24,7 @@ import os
 import random
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -70,23 +70,32 @@ class Preprocessing:
     resize: "squash" resizes the whole photo to size x size (keeps everything in view);
             "center_crop" resizes the shorter side to size and crops the middle.
     mean, std: per-channel normalization applied to pixels scaled to [0, 1].
+    tta_sizes: further sizes test-time augmentation decodes the photo at (larger ones show
+            more detail); the model's outputs at every size are averaged.
     """
 
     image_size: int = 64
     resize: str = "squash"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    tta_sizes: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.resize not in ("squash", "center_crop"):
             raise ClassifierError(f"unknown resize mode {self.resize!r}: use squash or center_crop")
-        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if any(size < 1 for size in self.tta_sizes):
+            raise ClassifierError(f"test-time sizes must be positive, got {list(self.tta_sizes)}")
+        self.mean, self.std, self.tta_sizes = tuple(self.mean), tuple(self.std), tuple(self.tta_sizes)
+
+    def sizes(self, tta: bool) -> list["Preprocessing"]:
+        """The decodings a prediction uses: this one, and with `tta` one per tta size."""
+        return [self] + [replace(self, image_size=size, tta_sizes=()) for size in self.tta_sizes if tta]
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def decode(self, source: str | Path | Image.Image) -> torch.Tensor:
-        """Read one image (path or PIL image) as a uint8 tensor [3, size, size]."""
+        """Read one image (path or PIL image) as a uint8 tensor [3, size, size] (image_size)."""
         image = open_image(source, size_hint=self.image_size)
         size = (self.image_size, self.image_size)
         if self.resize == "squash":
@@ -250,6 +259,15 @@ def decode_images(
         except ClassifierError as error:  # the cache only saves time: go on without it
             print(f"warning: decode cache not written: {error}", file=sys.stderr)
     return decoded
+
+
+def decode_sizes(paths: Sequence[str], labels: Sequence[int], preprocessing: Preprocessing,
+                 tta: bool, cache_dir: str | Path | None = None, workers: int | None = None,
+                 desc: str = "decoding") -> list[DecodedImages]:
+    """decode_images at the image size and, with `tta`, at each tta size: aligned lists (an
+    unreadable file is skipped at every size)."""
+    return [decode_images(paths, labels, p, cache_dir, workers, desc=desc + (f" at {p.image_size} px" if i else ""))
+            for i, p in enumerate(preprocessing.sizes(tta))]
 
 
 def check_usable(train: DecodedImages, val: DecodedImages, classes: list[str], root) -> None:

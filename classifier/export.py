@@ -15,7 +15,8 @@ What the exported model takes and gives:
           uses them, "imagenet_logits" [N, 1000].
   metadata (ONNX metadata_props; TorchScript extra file "classifier.json"): "classes" (JSON
           list, in output order), "preprocessing" (JSON), "temperature", "neither" (JSON), and
-          "format" (EXPORT_FORMAT).
+          "format" (EXPORT_FORMAT). The graph takes S x S only, so predict --tta on an export
+          averages the mirror image but not the checkpoint's other test-time sizes (tta_sizes).
 
 ONNX export and running ONNX models need the optional extra: pip install 'catsdogs-classifier[onnx]'.
 """
@@ -26,7 +27,7 @@ import argparse
 import json
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ from torch import nn
 
 from classifier.data import Preprocessing
 from classifier.errors import ClassifierError
-from classifier.predict import Classifier
+from classifier.predict import Classifier, Images
 
 EXPORT_FORMAT = "catsdogs-classifier-export/1"
 FORMATS = ("onnx", "torchscript")
@@ -131,10 +132,13 @@ class OnnxClassifier(Classifier):
         if meta.get("format") != EXPORT_FORMAT:
             raise ClassifierError(f"{path}: an ONNX model not exported by `python -m classifier.export` "
                                   f"(no {EXPORT_FORMAT!r} metadata)")
-        return cls(session, json.loads(meta["classes"]), Preprocessing(**json.loads(meta["preprocessing"])),
+        # The exported graph takes image_size inputs only: TTA is the mirror image, no other sizes.
+        preprocessing = replace(Preprocessing(**json.loads(meta["preprocessing"])), tta_sizes=())
+        return cls(session, json.loads(meta["classes"]), preprocessing,
                    float(meta["temperature"]), torch.device("cpu"), json.loads(meta["neither"]))
 
-    def logits(self, images: torch.Tensor, tta: bool = False, imagenet: bool = False):
+    def logits(self, images: Images, tta: bool = False, imagenet: bool = False):
+        (images,) = images if isinstance(images, (list, tuple)) else [images]
         runs = [self._run(images)] + ([self._run(images.flip(-1))] if tta else [])
         logits = sum(run["logits"] for run in runs) / len(runs)
         imagenet_logits = sum(run["imagenet_logits"] for run in runs) / len(runs) if imagenet else None

@@ -27,23 +27,27 @@ from classifier.errors import ClassifierError
 from classifier.runtime import autocast, resolve_precision, select_device
 
 
-def logits_for(model: nn.Module, images: torch.Tensor, preprocessing: Preprocessing,
-               tta: bool = False, precision: str = "fp32") -> torch.Tensor:
-    """uint8 images [N, 3, S, S] (on the model's device) -> logits [N, classes], in float32.
+Images = torch.Tensor | list[torch.Tensor]  # a batch, or the same batch at each of Preprocessing.sizes
 
-    tta averages the logits of each image and its mirror image.
+
+def logits_for(model: nn.Module, images: Images, preprocessing: Preprocessing,
+               tta: bool = False, precision: str = "fp32") -> torch.Tensor:
+    """uint8 images [N, 3, S, S] (on the model's device), or a list of them at several sizes
+    -> logits [N, classes], in float32, averaged over the sizes.
+
+    tta also averages the logits of each image and its mirror image.
     """
     return outputs_for(model, images, preprocessing, tta, precision)[0]
 
 
-def outputs_for(model: nn.Module, images: torch.Tensor, preprocessing: Preprocessing, tta: bool = False,
+def outputs_for(model: nn.Module, images: Images, preprocessing: Preprocessing, tta: bool = False,
                 precision: str = "fp32", imagenet: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logits, ImageNet logits or None): with `imagenet`, a pretrained backbone also gives
     its original ImageNet classifier's logits (Backbone.forward_all), from the same pass."""
-    x = preprocessing.normalize(images)
+    batches = [preprocessing.normalize(x) for x in (images if isinstance(images, (list, tuple)) else [images])]
     forward = model.forward_all if imagenet else lambda inputs: (model(inputs), None)
-    with autocast(images.device, precision):
-        runs = [forward(x)] + ([forward(x.flip(-1))] if tta else [])
+    with autocast(batches[0].device, precision):
+        runs = [forward(view) for x in batches for view in ([x, x.flip(-1)] if tta else [x])]
     average = [None if out[0] is None else sum(o.float() for o in out) / len(out) for out in zip(*runs)]
     return average[0], average[1]
 
@@ -76,12 +80,17 @@ class Classifier:
                    float(checkpoint.get("temperature", 1.0)), device, checkpoint.get("neither"),
                    resolve_precision(precision, device))
 
-    def probabilities(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-        """uint8 images [N, 3, S, S] -> probabilities [N, classes]."""
+    def decode(self, source: str | Path | Image.Image, tta: bool = False) -> list[torch.Tensor]:
+        """One photo -> the uint8 tensors a prediction takes: at the image size and, with
+        `tta`, at each of the model's test-time sizes."""
+        return [p.decode(source) for p in self.preprocessing.sizes(tta)]
+
+    def probabilities(self, images: Images, tta: bool = False) -> torch.Tensor:
+        """uint8 images [N, 3, S, S] (or a list of them, one per test-time size) -> probabilities [N, classes]."""
         return self.outputs(images, tta, known=False)[0]
 
     @torch.inference_mode()
-    def outputs(self, images: torch.Tensor, tta: bool = False, known: bool = True):
+    def outputs(self, images: Images, tta: bool = False, known: bool = True):
         """uint8 images -> (probabilities [N, classes], known scores [N] or None): how much each
         image looks like the trained classes; below self.neither["threshold"] it is neither."""
         known = known and self.neither is not None
@@ -92,24 +101,26 @@ class Classifier:
             return probabilities, None
         return probabilities, (imagenet_score(imagenet_logits) if imagenet else energy_score(logits)).cpu()
 
-    def logits(self, images: torch.Tensor, tta: bool = False, imagenet: bool = False):
+    def logits(self, images: Images, tta: bool = False, imagenet: bool = False):
         """uint8 images -> (logits, ImageNet logits or None), float32, before the temperature."""
-        images = images.to(self.device).contiguous(memory_format=torch.channels_last)  # as the weights
+        images = [x.to(self.device).contiguous(memory_format=torch.channels_last)  # as the weights
+                  for x in (images if isinstance(images, (list, tuple)) else [images])]
         return outputs_for(self.model, images, self.preprocessing, tta, self.precision, imagenet)
 
     def predict(self, image: str | Path | Image.Image, tta: bool = False) -> dict[str, float]:
         """One photo (a path or a PIL image) -> {class name: probability}."""
-        probabilities = self.probabilities(self.preprocessing.decode(image)[None], tta)[0]
+        probabilities = self.probabilities([x[None] for x in self.decode(image, tta)], tta)[0]
         return dict(zip(self.classes, probabilities.tolist()))
 
     def predict_paths(self, paths: Iterable[str], batch_size: int = 64, tta: bool = False,
                       workers: int | None = None) -> Iterator[dict]:
         """Yield one result per path, in order: {"path", "label", "probabilities"} or
         {"path", "error"}. Decoding runs ahead in threads; one bad file stops nothing."""
-        pending: list[tuple[str, torch.Tensor]] = []
+        pending: list[tuple[str, list[torch.Tensor]]] = []
 
         def flush():
-            probabilities, scores = self.outputs(torch.stack([t for _, t in pending]), tta)
+            sizes = zip(*(tensors for _, tensors in pending))  # each photo's tensors, regrouped by size
+            probabilities, scores = self.outputs([torch.stack(batch) for batch in sizes], tta)
             for i, ((path, _), row) in enumerate(zip(pending, probabilities.tolist())):
                 result = {"path": path, "label": self.classes[max(range(len(row)), key=row.__getitem__)],
                           "probabilities": {c: round(p, 6) for c, p in zip(self.classes, row)}}
@@ -120,13 +131,13 @@ class Classifier:
                 yield result
             pending.clear()
 
-        for path, tensor, error in decode_stream(paths, self.preprocessing.decode, workers):
+        for path, tensors, error in decode_stream(paths, lambda source: self.decode(source, tta), workers):
             if error is not None:
                 if pending:
                     yield from flush()
                 yield {"path": str(path), "error": error}
                 continue
-            pending.append((str(path), tensor))
+            pending.append((str(path), tensors))
             if len(pending) == batch_size:
                 yield from flush()
         if pending:

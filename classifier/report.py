@@ -28,7 +28,7 @@ import torch
 
 from classifier.calibration import expected_calibration_error
 from classifier.checkpoint import load_checkpoint
-from classifier.data import DecodedImages, Preprocessing, decode_images, find_dataset, open_image
+from classifier.data import DecodedImages, Preprocessing, decode_sizes, find_dataset, open_image
 from classifier.errors import ClassifierError
 from classifier.predict import Classifier
 
@@ -69,11 +69,12 @@ def save_figure(fig, path: Path) -> Path:
 # --------------------------------------------------------------------------- what training writes
 
 
-def write_predictions(run_dir: str | Path, val_images: DecodedImages, tta: bool = False,
+def write_predictions(run_dir: str | Path, val_sizes: list[DecodedImages], tta: bool = False,
                       device: str = "auto", batch_size: int = 256,
                       probabilities: torch.Tensor | None = None) -> Path:
-    """Classify the decoded validation images with run_dir/best.pt (through Classifier, the
-    one inference path) and write val_predictions.jsonl: one JSON line per image with its
+    """Classify the decoded validation images (val_sizes: at each test-time size, as
+    decode_sizes gives them) with run_dir/best.pt (through Classifier, the one inference
+    path) and write val_predictions.jsonl: one JSON line per image with its
     path, true label, every class's probability as predict gives it (divided by best.pt's
     calibration temperature), that temperature, and best.pt's epoch. Training passes the
     `probabilities` it already computed for best.pt, sparing a second pass over val."""
@@ -81,8 +82,9 @@ def write_predictions(run_dir: str | Path, val_images: DecodedImages, tta: bool 
     saved = load_checkpoint(checkpoint)
     classifier = Classifier.load(checkpoint, device, saved.get("config", {}).get("precision", "fp32"))  # as trained
     epoch = saved["epoch"]
+    val_images = val_sizes[0]
     if probabilities is None:
-        probabilities = torch.cat([classifier.probabilities(val_images.images[i:i + batch_size], tta)
+        probabilities = torch.cat([classifier.probabilities([v.images[i:i + batch_size] for v in val_sizes], tta)
                                    for i in range(0, len(val_images), batch_size)])
     probabilities = probabilities.double()
     path = Path(run_dir) / PREDICTIONS_FILE
@@ -106,10 +108,10 @@ def predict_validation(run_dir: str | Path) -> Path:
     if dataset.classes != checkpoint["classes"]:
         raise ClassifierError(f"{config['data']} now has classes {dataset.classes}, but "
                               f"{run_dir}/best.pt was trained on {checkpoint['classes']}")
-    val_images = decode_images(dataset.val.paths, dataset.val.labels,
-                               Preprocessing(**checkpoint["preprocessing"]),
-                               config.get("cache_dir") or None, desc="decoding val")
-    return write_predictions(run_dir, val_images, config.get("tta", False))
+    tta = config.get("tta", False)
+    val_sizes = decode_sizes(dataset.val.paths, dataset.val.labels, Preprocessing(**checkpoint["preprocessing"]),
+                             tta, config.get("cache_dir") or None, desc="decoding val")
+    return write_predictions(run_dir, val_sizes, tta)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from classifier import distributed
 from classifier.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
 from classifier.data import (MIXING, Augmentation, Batches, Preprocessing, augment, check_usable,
-                             decode_images, default_cache_dir, default_data_dir, find_dataset, mix)
+                             decode_images, decode_sizes, default_cache_dir, default_data_dir, find_dataset, mix)
 from classifier.errors import ClassifierError
 from classifier.models import create_model, model_arguments, model_entry
 from classifier.predict import logits_for
@@ -95,6 +95,9 @@ class TrainConfig:
                          "cutmix (a pasted rectangle); not with cached features", choices=MIXING)
     ema: float = model_option(0.999, "decay of a moving average of the weights that is evaluated and saved instead of the raw weights (0: off)")
     tta: bool = model_option(True, "evaluate on each image and its mirror image, averaged")
+    tta_sizes: tuple = model_option((), "with --tta, also evaluate each image decoded at these sizes "
+                                    "(comma-separated; larger ones show more detail), averaged; "
+                                    "stored in the checkpoint for predict --tta")
     # run
     seed: int = option(0, "seed for the split, initialization, shuffling and augmentation")
     device: str = option("auto", "auto, cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
@@ -173,13 +176,14 @@ def make_schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
 
 
 @torch.inference_mode()
-def evaluate(model, batches, preprocessing, device, config: TrainConfig, logits_fn=None) -> dict:
-    """Loss and accuracy on images the model does not train on, and the logits
-    and labels. `logits_fn` replaces logits_for when the batches hold cached features."""
+def evaluate(model, batches: list[Batches], preprocessing, device, config: TrainConfig, logits_fn=None) -> dict:
+    """Loss and accuracy on images the model does not train on, and the logits and labels.
+    `batches`: the same images at each test-time size (one Batches each, in step).
+    `logits_fn` replaces logits_for when the batches hold cached features."""
     model.eval()
     total_loss, correct, seen, outputs = 0.0, 0, 0, ([], [])
-    for images, labels in batches:
-        images, labels = images.to(device), labels.to(device)
+    for sizes in zip(*batches):
+        images, labels = [x.to(device) for x, _ in sizes], sizes[0][1].to(device)
         logits = logits_fn(images) if logits_fn else logits_for(model, images, preprocessing, config.tta,
                                                                   config.precision)
         total_loss += compute_loss(config.loss, logits, labels).item() * len(labels)
@@ -195,7 +199,8 @@ def build_model(config: TrainConfig, classes: list[str]):
     """The model and its preprocessing: new, pretrained, or from --init's checkpoint."""
     if not config.init:
         entry = model_entry(config.model)
-        preprocessing = Preprocessing(**{"image_size": config.image_size, **entry.preprocessing})
+        preprocessing = Preprocessing(**{"image_size": config.image_size, "tta_sizes": config.tta_sizes,
+                                         **entry.preprocessing})
         model = create_model(config.model, len(classes), pretrained=config.pretrained, weights=config.weights,
                              **model_arguments(config.model, asdict(config)))
         return model, preprocessing
@@ -205,7 +210,7 @@ def build_model(config: TrainConfig, classes: list[str]):
         model.reset_classifier(len(classes))
         print(f"{config.init} was trained on {checkpoint['classes']}; this data has {classes}: "
               f"new output layer for {len(classes)} classes, all other weights kept")
-    return model, Preprocessing(**checkpoint["preprocessing"])
+    return model, replace(Preprocessing(**checkpoint["preprocessing"]), tta_sizes=config.tta_sizes)
 
 
 def freeze_all_but_classifier(model: nn.Module) -> None:
@@ -331,8 +336,9 @@ def train(config: TrainConfig) -> dict:
     with session.main_first():  # in a distributed run, rank 0 fills the cache for the others
         train_images = decode_images(dataset.train.paths, dataset.train.labels, preprocessing, cache,
                                      workers, desc="decoding train")
-        val_images = decode_images(dataset.val.paths, dataset.val.labels, preprocessing, cache,
-                                   workers, desc="decoding val")
+        val_sizes = decode_sizes(dataset.val.paths, dataset.val.labels, preprocessing, config.tta, cache,
+                                 workers, desc="decoding val")
+    val_images = val_sizes[0]
     skipped = train_images.skipped + val_images.skipped
     if session.is_main:
         (out / "skipped.txt").unlink(missing_ok=True)  # never leave the list of an earlier run
@@ -345,7 +351,7 @@ def train(config: TrainConfig) -> dict:
           + (f", {session.world_size} processes" if session.world_size > 1 else ""))
     if len(train_images) < config.batch_size * session.world_size:
         config.batch_size = max(1, len(train_images) // session.world_size)
-    logits_fn, val_features = None, val_images  # evaluation's inputs and how it gets logits from them
+    logits_fn, val_inputs = None, val_sizes  # evaluation's inputs and how it gets logits from them
     if caches_features(model):  # frozen leading stages: run them once, then train only the tail
         if session.world_size > 1:
             raise ClassifierError("--finetune probe and last train on cached features in one process; "
@@ -355,15 +361,16 @@ def train(config: TrainConfig) -> dict:
         train_images = flatten_views(cached_features(
             model, train_images, preprocessing, device, views, flip=views > 1, policy=crops,
             seed=config.seed, precision=config.precision, desc="features of train views"))
-        val_features = cached_features(model, val_images, preprocessing, device, flip=config.tta,
-                                       precision=config.precision, desc="features of val")
+        val_inputs = [cached_features(model, images, preprocessing, device, flip=config.tta,
+                                      precision=config.precision, desc="features of val")
+                      for images in val_sizes]
         logits_fn = tail_logits(inference_model)
 
     optimizer = make_optimizer(config, model)
     scaler = grad_scaler(device, config.precision)
     shard = {"rank": session.rank, "world_size": session.world_size}
     train_batches = Batches(train_images, config.batch_size, shuffle=True, drop_last=True, **shard)
-    val_batches = Batches(val_features, 256)  # every rank evaluates all of val: same metrics, calibration, best.pt
+    val_batches = [Batches(inputs, 256) for inputs in val_inputs]  # every rank evaluates all of val
     scheduler = make_schedule(config, optimizer, len(train_batches))
     policy = Augmentation(min_scale=config.min_scale) if config.augment and not logits_fn else None
     calibrated = {}  # temperature, calibration and neither rule fitted on the latest validation
@@ -479,7 +486,7 @@ def train(config: TrainConfig) -> dict:
             if distributed.any_rank(stop.requested) and epoch + 1 < config.epochs:
                 stop_here(epoch + 1, 0, metrics, stop.requested)
     if session.is_main:  # what the report reads: best.pt's predictions on the val images
-        write_predictions(out, val_images, config.tta, config.device, probabilities=best_probabilities)
+        write_predictions(out, val_sizes, config.tta, config.device, probabilities=best_probabilities)
         if config.report:
             print(f"report: {build_report(out)}")
     return metrics

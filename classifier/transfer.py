@@ -6,7 +6,8 @@ once per image (and per augmented view: several random crops and flips of each t
 photo, drawn once), keeps the results in memory as float16, and training then runs only the
 model's `tail` on them: an epoch takes seconds instead of minutes.
 Validation keeps each image's views together ([N, V, ...]), so `tail_logits` can average
-them: with --tta, the image and its mirror image, exactly as `predict --tta` does.
+them: with --tta, the image and its mirror image at each test-time size, exactly as
+`predict --tta` does.
 """
 
 from __future__ import annotations
@@ -67,10 +68,14 @@ def flatten_views(features: DecodedImages) -> DecodedImages:
 
 
 def tail_logits(model: nn.Module):
-    """A function: cached features [B, V, ...] -> logits [B, classes], averaged over the views."""
+    """A function: cached features [B, V, ...], or a list of them (one per test-time size)
+    -> logits [B, classes], averaged over the views and sizes."""
 
-    def logits(features: torch.Tensor) -> torch.Tensor:
-        b, v = features.shape[:2]
-        return model.tail(features.flatten(0, 1).float()).float().view(b, v, -1).mean(1)
+    def logits(features: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        per_size = []
+        for views in (features if isinstance(features, (list, tuple)) else [features]):
+            b, v = views.shape[:2]
+            per_size.append(model.tail(views.flatten(0, 1).float()).float().view(b, v, -1).mean(1))
+        return sum(per_size) / len(per_size)
 
     return logits

@@ -4,9 +4,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from classifier.cli import predict_main, train_main
+from classifier.data import Preprocessing
+from classifier.models import create_model
 from classifier.predict import Classifier
 from conftest import REPO, train_args
 
@@ -25,6 +28,28 @@ def test_python_api_paths_and_pil_images(trained, tiny_real):
     assert set(from_path) == {"cat", "dog"} and sum(from_path.values()) == pytest.approx(1)
     assert from_image == pytest.approx(from_path, abs=2e-3)  # a path decodes JPEG in draft mode
     assert model.predict(photo, tta=True) != pytest.approx(from_path, abs=1e-9)
+
+
+def test_tta_averages_the_mirror_image_and_every_test_time_size(tiny_real):
+    """tta: logits of the photo and its mirror image, decoded at the image size and at each
+    tta size, averaged; without tta only the image size is decoded and run."""
+    torch.manual_seed(0)
+    model = create_model("convnet", channels=(8, 16)).eval()
+    preprocessing = Preprocessing(32, tta_sizes=(48,))
+    classifier = Classifier(model, ["cat", "dog"], preprocessing, temperature=1.5)
+    photos = sorted((tiny_real / "val" / "dog").iterdir())[:3]
+    with torch.no_grad():
+        views = [p.normalize(p.decode(photos[0])[None]) for p in (Preprocessing(32), Preprocessing(48))]
+        logits = [model(x) for v in views for x in (v, v.flip(-1))]
+    expected = (sum(logits) / 4 / 1.5).softmax(1)[0].tolist()
+    assert list(classifier.predict(photos[0], tta=True).values()) == pytest.approx(expected, abs=1e-5)
+    alone = (logits[0] / 1.5).softmax(1)[0].tolist()
+    assert list(classifier.predict(photos[0]).values()) == pytest.approx(alone, abs=1e-5)
+    streamed = list(classifier.predict_paths(map(str, photos), batch_size=2, tta=True))
+    for photo, result in zip(photos, streamed):
+        assert result["probabilities"] == pytest.approx(classifier.predict(photo, tta=True), abs=1e-5)
+    with pytest.raises(Exception, match="positive"):
+        Preprocessing(32, tta_sizes=(0,))
 
 
 def test_predict_json_for_folders_recursively_with_a_broken_file(trained, tiny_real, tmp_path, capsys):

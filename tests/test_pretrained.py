@@ -32,7 +32,7 @@ def lite0(**kwargs):
 def pretrained_args(data, out, cache, *extra) -> list[str]:
     return [str(a) for a in ("--data", data, "--out", out, "--cache-dir", cache, "--model", "efficientnet_lite0",
                              "--pretrained", "--image-size", 32, "--batch-size", 8, "--epochs", 1,
-                             "--views", 2, "--device", "cpu", *extra)]
+                             "--views", 2, "--tta-sizes", 40, "--device", "cpu", *extra)]
 
 
 def test_lite0_ships_imagenet_weights_that_see_cats_and_dogs(real_data):
@@ -94,6 +94,8 @@ def test_offline_torchvision_download_is_a_clear_error(monkeypatch):
 def test_recommended_recipe_applies_only_to_unset_fields_of_pretrained_models():
     recipe = TrainConfig(model="efficientnet_lite0", pretrained=True).resolved()
     assert (recipe.finetune, recipe.image_size, recipe.tta, recipe.views) == ("probe", 272, True, 2)
+    assert recipe.tta_sizes == (320,) and TrainConfig(model="efficientnet_lite0", pretrained=True,
+                                                      tta_sizes=()).resolved().tta_sizes == ()
     assert TrainConfig(model="efficientnet_lite0", pretrained=True, epochs=3).resolved().epochs == 3
     scratch = TrainConfig(model="efficientnet_lite0").resolved()
     fallback = {f.name: f.metadata.get("fallback") for f in fields(TrainConfig)}
@@ -126,6 +128,7 @@ def test_three_training_modes(tiny_real, tmp_path, mode, changed):
              if not k.startswith("head") and not torch.equal(v, before[k])} | {"head"}
     assert moved == set(changed)  # and the ImageNet branch never changes
     assert after["model"]["finetune"] == mode and after["temperature"] > 0
+    assert after["preprocessing"]["tta_sizes"] == (40,)  # predict --tta evaluates as training did
     assert after["neither"]["method"] == "imagenet"
 
 

@@ -15,9 +15,10 @@ from conftest import REPO, train_args
 
 @pytest.fixture(scope="module")
 def run(tiny_real, tmp_path_factory):
-    """A 3-epoch run on 12 + 12 val photos, with the report built by train.py --report."""
+    """A 3-epoch run on 12 + 12 val photos, with the report built by train.py --report; evaluated
+    with TTA at a second size too, so rebuilding the predictions checks that path end to end."""
     out = tmp_path_factory.mktemp("run")
-    assert train_main(train_args(tiny_real, out, out / "cache", "--epochs", 3, "--report")) == 0
+    assert train_main(train_args(tiny_real, out, out / "cache", "--epochs", 3, "--report", "--tta-sizes", 40)) == 0
     return out
 
 
