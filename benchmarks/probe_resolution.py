@@ -5,8 +5,9 @@
 For each size: the frozen network runs once over the training photos (the photo and its
 mirror image, as the recipe caches them), then the recipe's linear probe (AdamW, lr 1e-3,
 weight decay 0.05, 10 epochs) is trained on all folds but one and scored on the held-out
-fold, averaging each photo with its mirror image (the recipe's TTA). val/ is never read.
-Writes its section of benchmarks/RESULTS.md.
+fold, averaging each photo with its mirror image (the recipe's TTA). Then, for each pair of
+sizes, the probe trained at the smaller one is scored with test-time sizes: its logits at
+both sizes averaged (--tta-sizes). val/ is never read. Writes its section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from results import write_section  # noqa: E402
 from tune_pretrained import train_tail  # noqa: E402
 
 
-def cross_validate(features: torch.Tensor, labels: torch.Tensor, folds: int) -> list[int]:
-    """Errors on each held-out fold of a probe trained on the other folds."""
+def cross_validate(features: torch.Tensor, labels: torch.Tensor, folds: int,
+                   test_sizes: list[torch.Tensor] = ()) -> list[int]:
+    """Errors on each held-out fold of a probe trained on the other folds; scored on
+    `features`, and on the same photos' `test_sizes` features too, averaged."""
     fold_of = torch.arange(len(labels)) % folds
     errors = []
     for fold in range(folds):
@@ -40,7 +43,8 @@ def cross_validate(features: torch.Tensor, labels: torch.Tensor, folds: int) -> 
         train_tail(model, features[fit].flatten(0, 1), labels[fit].repeat_interleave(views), epochs=10, lr=1e-3)
         model.eval()
         with torch.inference_mode():
-            errors.append(int((tail_logits(model)(features[held]).argmax(1) != labels[held]).sum()))
+            logits = tail_logits(model)([features[held]] + [f[held] for f in test_sizes])
+            errors.append(int((logits.argmax(1) != labels[held]).sum()))
     return errors
 
 
@@ -52,8 +56,14 @@ def main() -> None:
     args = parser.parse_args()
     dataset = find_dataset(args.data)
     train = dataset.train
+    train_labels = torch.tensor(train.labels)  # of the photos that decode: set again below
+
+    def row(name: str, errors: list[int], seconds: str) -> str:
+        accuracy = 1 - sum(errors) / len(train_labels)
+        print(f"{name} px: {accuracy:.2%} ({sum(errors)} errors; per fold {errors})", flush=True)
+        return f"| {name} | {accuracy:.2%} | {sum(errors)} | {', '.join(map(str, errors))} | {seconds} |"
     network = create_model("efficientnet_lite0", pretrained=True, finetune="probe")
-    rows = []
+    rows, features_at = [], {}
     for size in map(int, args.sizes.split(",")):
         preprocessing = Preprocessing(size, **model_entry("efficientnet_lite0").preprocessing)
         started = time.perf_counter()
@@ -61,12 +71,14 @@ def main() -> None:
         features = cached_features(network, decoded, preprocessing, torch.device("cpu"), views=2, flip=True,
                                    precision="auto", desc=f"{size} px")
         seconds = time.perf_counter() - started
-        errors = cross_validate(features.images, features.labels, args.folds)
-        accuracy = 1 - sum(errors) / len(features.labels)
-        print(f"{size} px: {accuracy:.2%} ({sum(errors)} errors; per fold {errors}); decode + features {seconds:.0f} s",
-              flush=True)
-        rows.append(f"| {size} | {accuracy:.2%} | {sum(errors)} | {', '.join(map(str, errors))} | {seconds:.0f} s |")
-    body = (f"{len(train.paths)} photos of train/, {args.folds}-fold cross-validation, val/ not used:\n\n| image size | accuracy | errors | per fold | decode + features (2 views) |\n"
+        features_at[size], train_labels = features.images, features.labels
+        rows.append(row(f"{size}", cross_validate(features.images, train_labels, args.folds), f"{seconds:.0f} s"))
+    for size in features_at:
+        for test_size in (s for s in features_at if s > size):
+            errors = cross_validate(features_at[size], train_labels, args.folds, [features_at[test_size]])
+            rows.append(row(f"{size}, test-time size {test_size}", errors, "-"))
+    body = (f"{len(train.paths)} photos of train/, {args.folds}-fold cross-validation, val/ not used:\n\n"
+            "| image size | accuracy | errors | per fold | decode + features (2 views) |\n"
             "|---|---|---|---|---|\n" + "\n".join(rows))
     write_section("probe_resolution", "Pretrained probe: resolution by cross-validation on train/", body)
 

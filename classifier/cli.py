@@ -92,10 +92,11 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", metavar="FILE.jsonl", default="",
                         help="append one JSON object per image to FILE instead of printing; a rerun "
                              "skips the images already in FILE, so an interrupted run resumes")
-    parser.add_argument("--tta", action="store_true",
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="average each image with its mirror image, and with the image decoded at the "
-                             "checkpoint's test-time sizes if it has any (what training evaluated: slower, "
-                             "more accurate)")
+                             "checkpoint's test-time sizes if it has any; --no-tta: one pass, faster, less "
+                             "accurate (default: as training evaluated the checkpoint, which is what its "
+                             "accuracy, temperature and neither threshold were measured on)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="(default: %(default)s)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="of the forward pass; auto: bf16 where the device computes it natively (CUDA, "

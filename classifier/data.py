@@ -449,6 +449,13 @@ class Augmentation:
     max_aspect: float = 4 / 3
     flip: bool = True
 
+    def mean_zoom(self) -> float:
+        """How much larger things look in a crop than in the whole image, on average:
+        E[area ** -0.5] for area uniform in [min_scale, 1]. Testing at image size x this
+        shows the model things at the size it trained on (Touvron et al., FixRes, 2019)."""
+        root = math.sqrt(self.min_scale)
+        return 2 / (1 + root) if self.min_scale < 1 else 1.0
+
 
 def augment(images: torch.Tensor, generator: torch.Generator, policy: Augmentation,
             rank: int = 0, world_size: int = 1) -> torch.Tensor:

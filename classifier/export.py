@@ -14,9 +14,10 @@ What the exported model takes and gives:
           [N, classes] (before it), and for pretrained cat/dog backbones whose "neither" rule
           uses them, "imagenet_logits" [N, 1000].
   metadata (ONNX metadata_props; TorchScript extra file "classifier.json"): "classes" (JSON
-          list, in output order), "preprocessing" (JSON), "temperature", "neither" (JSON), and
-          "format" (EXPORT_FORMAT). The graph takes S x S only, so predict --tta on an export
-          averages the mirror image but not the checkpoint's other test-time sizes (tta_sizes).
+          list, in output order), "preprocessing" (JSON), "temperature", "neither" (JSON), "tta"
+          (JSON: whether predict averages the mirror image by default), and "format"
+          (EXPORT_FORMAT). The graph takes S x S only, so predict --tta on an export averages
+          the mirror image but not the checkpoint's other test-time sizes (tta_sizes).
 
 ONNX export and running ONNX models need the optional extra: pip install 'catsdogs-classifier[onnx]'.
 """
@@ -70,7 +71,8 @@ def metadata(classifier: Classifier) -> dict[str, str]:
     """What travels with the exported file, as strings: enough to use it with nothing else."""
     return {"format": EXPORT_FORMAT, "classes": json.dumps(classifier.classes),
             "preprocessing": json.dumps(classifier.preprocessing.to_dict()),
-            "temperature": repr(classifier.temperature), "neither": json.dumps(classifier.neither)}
+            "temperature": repr(classifier.temperature), "neither": json.dumps(classifier.neither),
+            "tta": json.dumps(classifier.tta)}
 
 
 def export(checkpoint: str | Path, out: str | Path, format: str = "onnx") -> Path:
@@ -135,10 +137,12 @@ class OnnxClassifier(Classifier):
         # The exported graph takes image_size inputs only: TTA is the mirror image, no other sizes.
         preprocessing = replace(Preprocessing(**json.loads(meta["preprocessing"])), tta_sizes=())
         return cls(session, json.loads(meta["classes"]), preprocessing,
-                   float(meta["temperature"]), torch.device("cpu"), json.loads(meta["neither"]))
+                   float(meta["temperature"]), torch.device("cpu"), json.loads(meta["neither"]),
+                   tta=json.loads(meta.get("tta", "false")))
 
-    def logits(self, images: Images, tta: bool = False, imagenet: bool = False):
+    def logits(self, images: Images, tta: bool | None = None, imagenet: bool = False):
         (images,) = images if isinstance(images, (list, tuple)) else [images]
+        tta = self.tta if tta is None else tta
         runs = [self._run(images)] + ([self._run(images.flip(-1))] if tta else [])
         logits = sum(run["logits"] for run in runs) / len(runs)
         imagenet_logits = sum(run["imagenet_logits"] for run in runs) / len(runs) if imagenet else None

@@ -26,6 +26,7 @@ class ModelEntry:
     preprocessing: dict = field(default_factory=dict)  # what the model expects, e.g. ImageNet stats
     pretrained: bool = False  # whether pretrained weights exist for it
     recommended: dict = field(default_factory=dict)  # TrainConfig values its best recipe uses
+    fixed_size: bool = False  # takes only its image size (no test-time sizes)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -96,7 +97,7 @@ class ClassifierHead:
         self.model_config["num_classes"] = num_classes
 
 
-@register("mlp")
+@register("mlp", fixed_size=True)
 class MLP(ClassifierHead, nn.Module):
     """The article's network: every pixel is an input neuron, then fully connected layers.
 

@@ -63,6 +63,8 @@ class Classifier:
     device: torch.device = torch.device("cpu")
     neither: dict | None = None  # {"method": "imagenet" or "energy", "threshold"}: see calibration.py
     precision: str = "fp32"  # of the forward pass: fp32, bf16 or fp16 (see runtime.autocast)
+    tta: bool = False  # the default of every method's `tta`: how training evaluated the model, which
+    #                    is what its accuracy, temperature and neither threshold were measured on
 
     @classmethod
     def load(cls, path: str | Path = "checkpoints/best.pt", device: str = "auto",
@@ -78,19 +80,19 @@ class Classifier:
         model = model_from_checkpoint(checkpoint, path).to(device, memory_format=torch.channels_last).eval()
         return cls(model, checkpoint["classes"], Preprocessing(**checkpoint["preprocessing"]),
                    float(checkpoint.get("temperature", 1.0)), device, checkpoint.get("neither"),
-                   resolve_precision(precision, device))
+                   resolve_precision(precision, device), bool(checkpoint.get("config", {}).get("tta", False)))
 
-    def decode(self, source: str | Path | Image.Image, tta: bool = False) -> list[torch.Tensor]:
+    def decode(self, source: str | Path | Image.Image, tta: bool | None = None) -> list[torch.Tensor]:
         """One photo -> the uint8 tensors a prediction takes: at the image size and, with
-        `tta`, at each of the model's test-time sizes."""
-        return [p.decode(source) for p in self.preprocessing.sizes(tta)]
+        `tta`, at each of the model's test-time sizes. tta None: self.tta, in every method."""
+        return [p.decode(source) for p in self.preprocessing.sizes(self.tta if tta is None else tta)]
 
-    def probabilities(self, images: Images, tta: bool = False) -> torch.Tensor:
+    def probabilities(self, images: Images, tta: bool | None = None) -> torch.Tensor:
         """uint8 images [N, 3, S, S] (or a list of them, one per test-time size) -> probabilities [N, classes]."""
         return self.outputs(images, tta, known=False)[0]
 
     @torch.inference_mode()
-    def outputs(self, images: Images, tta: bool = False, known: bool = True):
+    def outputs(self, images: Images, tta: bool | None = None, known: bool = True):
         """uint8 images -> (probabilities [N, classes], known scores [N] or None): how much each
         image looks like the trained classes; below self.neither["threshold"] it is neither."""
         known = known and self.neither is not None
@@ -101,18 +103,19 @@ class Classifier:
             return probabilities, None
         return probabilities, (imagenet_score(imagenet_logits) if imagenet else energy_score(logits)).cpu()
 
-    def logits(self, images: Images, tta: bool = False, imagenet: bool = False):
+    def logits(self, images: Images, tta: bool | None = None, imagenet: bool = False):
         """uint8 images -> (logits, ImageNet logits or None), float32, before the temperature."""
+        tta = self.tta if tta is None else tta
         images = [x.to(self.device).contiguous(memory_format=torch.channels_last)  # as the weights
                   for x in (images if isinstance(images, (list, tuple)) else [images])]
         return outputs_for(self.model, images, self.preprocessing, tta, self.precision, imagenet)
 
-    def predict(self, image: str | Path | Image.Image, tta: bool = False) -> dict[str, float]:
+    def predict(self, image: str | Path | Image.Image, tta: bool | None = None) -> dict[str, float]:
         """One photo (a path or a PIL image) -> {class name: probability}."""
         probabilities = self.probabilities([x[None] for x in self.decode(image, tta)], tta)[0]
         return dict(zip(self.classes, probabilities.tolist()))
 
-    def predict_paths(self, paths: Iterable[str], batch_size: int = 64, tta: bool = False,
+    def predict_paths(self, paths: Iterable[str], batch_size: int = 64, tta: bool | None = None,
                       workers: int | None = None) -> Iterator[dict]:
         """Yield one result per path, in order: {"path", "label", "probabilities"} or
         {"path", "error"}. Decoding runs ahead in threads; one bad file stops nothing."""

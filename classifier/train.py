@@ -32,7 +32,7 @@ from classifier.checkpoint import load_checkpoint, load_weights, model_from_chec
 from classifier.data import (MIXING, Augmentation, Batches, Preprocessing, augment, check_usable,
                              decode_images, decode_sizes, default_cache_dir, default_data_dir, find_dataset, mix)
 from classifier.errors import ClassifierError
-from classifier.models import create_model, model_arguments, model_entry
+from classifier.models import create_model, list_models, model_arguments, model_entry
 from classifier.predict import logits_for
 from classifier.calibration import calibrate, neither_rule
 from classifier.transfer import caches_features, cached_features, flatten_views, tail_logits
@@ -96,8 +96,10 @@ class TrainConfig:
     ema: float = model_option(0.999, "decay of a moving average of the weights that is evaluated and saved instead of the raw weights (0: off)")
     tta: bool = model_option(True, "evaluate on each image and its mirror image, averaged")
     tta_sizes: tuple = model_option((), "with --tta, also evaluate each image decoded at these sizes "
-                                    "(comma-separated; larger ones show more detail), averaged; "
-                                    "stored in the checkpoint for predict --tta")
+                                    "(comma-separated; larger ones show more detail), averaged; stored in "
+                                    "the checkpoint for predict --tta. Unset, a model that takes any size and "
+                                    "trains on random crops gets the size at which things look as large as "
+                                    "in its crops (80 for 64 px crops with --min-scale 0.35)")
     # run
     seed: int = option(0, "seed for the split, initialization, shuffling and augmentation")
     device: str = option("auto", "auto, cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
@@ -121,7 +123,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """Fill the model-dependent settings left unset: a pretrained model's recommended recipe
         (ModelEntry.recommended; with --init, that of the checkpoint's model when it was
-        pretrained), otherwise each field's fallback."""
+        pretrained), otherwise each field's fallback; test-time sizes as --help says."""
         name, pretrained = self.model, self.pretrained or bool(self.weights)
         if self.init:
             checkpoint = load_checkpoint(self.init)
@@ -130,7 +132,13 @@ class TrainConfig:
         recommended = model_entry(name).recommended if pretrained else {}
         unset = {f.name: recommended.get(f.name, f.metadata["fallback"]) for f in fields(self)
                  if "fallback" in f.metadata and getattr(self, f.name) is None}
-        return replace(self, model=name, **unset)
+        config = replace(self, model=name, **unset)
+        crops_only = config.augment and config.finetune == "full"  # what every training step sees
+        if self.tta_sizes is None and "tta_sizes" not in recommended and crops_only and \
+                name in list_models() and not model_entry(name).fixed_size:  # unknown: reported later
+            zoomed = round(config.image_size * Augmentation(config.min_scale).mean_zoom())
+            config.tta_sizes = (zoomed,) if zoomed > config.image_size else ()
+        return config
 
 
 def compute_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
@@ -210,7 +218,7 @@ def build_model(config: TrainConfig, classes: list[str]):
         model.reset_classifier(len(classes))
         print(f"{config.init} was trained on {checkpoint['classes']}; this data has {classes}: "
               f"new output layer for {len(classes)} classes, all other weights kept")
-    return model, replace(Preprocessing(**checkpoint["preprocessing"]), tta_sizes=config.tta_sizes)
+    return model, Preprocessing(**checkpoint["preprocessing"])
 
 
 def freeze_all_but_classifier(model: nn.Module) -> None:
@@ -315,6 +323,7 @@ def train(config: TrainConfig) -> dict:
             f"{config.resume}: trained on classes {resumed['classes']}, but {config.data} now has "
             f"{dataset.classes}; resume needs the same classes (use --init to fine-tune on new ones)")
     model, preprocessing = build_model(config, dataset.classes)
+    config.image_size, config.tta_sizes = preprocessing.image_size, preprocessing.tta_sizes  # --init keeps its own
     if session.is_main:
         check_free_space(out, model)
     if resume_state is not None:

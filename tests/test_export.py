@@ -19,8 +19,8 @@ onnxruntime = pytest.importorskip("onnxruntime", reason="the optional [onnx] ext
 
 @pytest.fixture(scope="module")
 def trained(tiny_real, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")
-    assert train_main(train_args(tiny_real, out, out / "cache", "--epochs", 1)) == 0
+    out = tmp_path_factory.mktemp("export")  # no test-time sizes: an export takes its image size only
+    assert train_main(train_args(tiny_real, out, out / "cache", "--epochs", 1, "--tta-sizes", "")) == 0
     return out / "best.pt"
 
 

@@ -27,7 +27,9 @@ def test_python_api_paths_and_pil_images(trained, tiny_real):
     from_path, from_image = model.predict(photo), model.predict(Image.open(photo))
     assert set(from_path) == {"cat", "dog"} and sum(from_path.values()) == pytest.approx(1)
     assert from_image == pytest.approx(from_path, abs=2e-3)  # a path decodes JPEG in draft mode
-    assert model.predict(photo, tta=True) != pytest.approx(from_path, abs=1e-9)
+    assert model.tta  # training evaluated with TTA, so predict uses it unless told otherwise
+    assert model.predict(photo, tta=True) == from_path
+    assert model.predict(photo, tta=False) != pytest.approx(from_path, abs=1e-9)
 
 
 def test_tta_averages_the_mirror_image_and_every_test_time_size(tiny_real):

@@ -10,6 +10,7 @@ import classifier.train as train_module
 from classifier.checkpoint import load_checkpoint
 from classifier.cli import train_main
 from classifier.predict import Classifier
+from classifier.train import TrainConfig
 from conftest import copy_subset, make_image, train_args
 
 
@@ -166,3 +167,13 @@ def test_training_with_mixed_images(tiny_real, tmp_path, mixing):
     for row in metrics(out):
         assert 0 <= row["train_accuracy"] <= 1 and row["train_loss"] > 0 and row["val_loss"] < 5
     assert load_checkpoint(out / "best.pt")["config"]["mixing"] == mixing
+
+
+def test_test_time_size_matches_how_large_things_look_in_the_training_crops():
+    """Random crops keep min_scale..1 of the area, so things look ~1.26x larger in training
+    than in a whole 64 px image: the from-scratch recipe also evaluates at 80 px."""
+    assert TrainConfig().resolved().tta_sizes == (80,)
+    assert TrainConfig(min_scale=1.0).resolved().tta_sizes == ()
+    assert TrainConfig(augment=False).resolved().tta_sizes == ()
+    assert TrainConfig(model="mlp").resolved().tta_sizes == ()  # takes its image size only
+    assert TrainConfig(tta_sizes=(96, 112)).resolved().tta_sizes == (96, 112)
