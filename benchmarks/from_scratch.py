@@ -9,8 +9,8 @@
    (ImageFolder + Resize + flip + ToTensor + DataLoader with one worker per core), this
    project's pipeline (decoded uint8 tensors in memory + batch augmentation), and pure
    compute (the model fed random tensors).
-3. Inference: `predict.py` over the 1,000 val photos (decode included), and one photo from
-   process start.
+3. Inference: `predict.py` over the 1,000 val photos (decode included), with its default TTA and
+   with --no-tta, and one photo from process start.
 
 Writes its section of benchmarks/RESULTS.md.
 """
@@ -109,6 +109,7 @@ def throughput(data: str, seconds: float) -> dict:
     noise = [(torch.randn(config.batch_size, 3, size, size), torch.randint(0, 2, (config.batch_size,)))] * 4
     results["compute"] = train_steps(model, noise, step, seconds)
     results.update(image_size=size, model=config.model, batch_size=config.batch_size, precision=precision,
+                   tta_sizes=list(config.tta_sizes),
                    memory_order="channels-last" if config.channels_last else "NCHW")
     return results
 
@@ -116,10 +117,12 @@ def throughput(data: str, seconds: float) -> dict:
 def inference(data: str, checkpoint: Path) -> dict:
     val = Path(data) / "val"
     count = sum(1 for p in val.rglob("*") if p.is_file())
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "predict.py", str(val), "--checkpoint", str(checkpoint), "--json"],
-                   cwd=REPO, check=False, stdout=subprocess.DEVNULL)
-    folder = time.perf_counter() - started
+    folder = {}
+    for mode in ("--tta", "--no-tta"):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "predict.py", str(val), "--checkpoint", str(checkpoint), "--json", mode],
+                       cwd=REPO, check=False, stdout=subprocess.DEVNULL)
+        folder[mode] = time.perf_counter() - started
     one = next(val.rglob("*.jpg"))
     started = time.perf_counter()
     subprocess.run([sys.executable, "predict.py", str(one), "--checkpoint", str(checkpoint)],
@@ -164,9 +167,11 @@ Training throughput, {rates['model']} at {rates['image_size']} px, batch {rates[
 This project's pipeline runs at {rates['project'] / rates['compute']:.0%} of pure compute; decoding the
 2,000 training photos once took {rates['decode_seconds']:.1f} s.
 
-Inference: `predict.py` on {speed['images']} val photos took {speed['folder_seconds']:.1f} s
-({speed['images'] / speed['folder_seconds']:.0f} images/s, process start and decoding included); one photo
-from process start: {speed['single_seconds']:.2f} s.
+Inference: `predict.py` on {speed['images']} val photos (process start and decoding included) took
+{speed['folder_seconds']['--tta']:.1f} s with the TTA training evaluated with (predict's default:
+mirror image, test-time sizes {rates['tta_sizes']}), {speed['images'] / speed['folder_seconds']['--tta']:.0f} images/s;
+{speed['folder_seconds']['--no-tta']:.1f} s with `--no-tta`, {speed['images'] / speed['folder_seconds']['--no-tta']:.0f} images/s.
+One photo from process start (default TTA): {speed['single_seconds']:.2f} s.
 
 Per epoch (val accuracy, wall seconds since process start):
 {' '.join(f"{m['epoch']}:{m['val_accuracy']:.3f}@{m['wall']:.0f}s" for m in log)}
