@@ -133,12 +133,22 @@ class TrainConfig:
         unset = {f.name: recommended.get(f.name, f.metadata["fallback"]) for f in fields(self)
                  if "fallback" in f.metadata and getattr(self, f.name) is None}
         config = replace(self, model=name, **unset)
-        crops_only = config.augment and config.finetune == "full"  # what every training step sees
-        if self.tta_sizes is None and "tta_sizes" not in recommended and crops_only and \
-                name in list_models() and not model_entry(name).fixed_size:  # unknown: reported later
-            zoomed = round(config.image_size * Augmentation(config.min_scale).mean_zoom())
-            config.tta_sizes = (zoomed,) if zoomed > config.image_size else ()
+        if self.tta_sizes is None:
+            config.tta_sizes = default_tta_sizes(config, recommended)
         return config
+
+
+def default_tta_sizes(config: TrainConfig, recommended: dict) -> tuple:
+    """Test-time sizes when --tta-sizes is not given: the recommended ones if the model trains at
+    its recommended size; for a model that takes any size and trains on random crops only, the
+    size at which things look as large as in the crops (see Augmentation.mean_zoom); else none."""
+    if "tta_sizes" in recommended and config.image_size == recommended.get("image_size"):
+        return tuple(recommended["tta_sizes"])
+    crops_only = config.augment and config.finetune == "full"  # what every training step sees
+    if crops_only and config.model in list_models() and not model_entry(config.model).fixed_size:
+        zoomed = round(config.image_size * Augmentation(config.min_scale).mean_zoom())  # (unknown models
+        return (zoomed,) if zoomed > config.image_size else ()  # are reported later, naming the checkpoint)
+    return ()
 
 
 def compute_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
