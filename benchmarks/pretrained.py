@@ -5,8 +5,8 @@
 For each training mode, runs `python train.py --data DATA --model efficientnet_lite0 --pretrained`
 plus that mode's flags, exactly as a user would (fresh process, empty decode cache), and
 records val accuracy and the wall time of the whole command. Then, with the recipe's best.pt:
-`predict.py --json` over the val photos, without and with --tta (images/s, decode included),
-and the neither photos;
+`predict.py --json` over the val photos, with its default TTA (the checkpoint's) and with
+--no-tta (images/s, decode included), and the neither photos;
 ECE before and after the temperature, each measured on the half of val the temperature was
 not fitted on (two folds, averaged); how many neither photos are flagged and how many val
 photos are wrongly flagged. Writes its section of benchmarks/RESULTS.md.
@@ -99,8 +99,8 @@ def main() -> None:
             print(rows[-1], flush=True)
         recipe = Path(tmp) / "0" / "best.pt"
         checkpoint = load_checkpoint(recipe)
-        wall, val = predict(recipe, str(Path(args.data) / "val"))
-        wall_tta, val_tta = predict(recipe, str(Path(args.data) / "val"), "--tta")
+        wall, val = predict(recipe, str(Path(args.data) / "val"), "--no-tta")
+        wall_tta, val_tta = predict(recipe, str(Path(args.data) / "val"))
         _, neither = predict(recipe, args.neither)
     classes = checkpoint["classes"]
     ece_before, ece_after = held_out_ece(val, classes, checkpoint["temperature"])
@@ -108,7 +108,7 @@ def main() -> None:
     accuracy = lambda results: sum(r["label"] == Path(r["path"]).parent.name or
                                    max(r["probabilities"], key=r["probabilities"].get) == Path(r["path"]).parent.name
                                    for r in results) / len(results)
-    flagged_val = sum(r.get("neither", False) for r in val)
+    flagged_val = sum(r.get("neither", False) for r in val_tta)
     flagged = sum(r.get("neither", False) for r in neither)
     calibration = checkpoint["calibration"]
     body = "\n".join([
@@ -117,18 +117,18 @@ def main() -> None:
         "recipe's TTA where it is on):", "",
         "| mode | flags | val accuracy | wall time | load |", "|---|---|---|---|---|", *rows, "",
         f"Recipe's best.pt through `predict.py --json` (decode included, {len(val)} val photos): "
-        f"{len(val) / wall:.1f} images/s without TTA (process start included), accuracy "
-        f"{accuracy(val):.2%}; with `--tta` (mirror image, and test-time sizes "
+        f"{len(val) / wall:.1f} images/s with `--no-tta` (process start included), accuracy "
+        f"{accuracy(val):.2%}; with its default TTA (mirror image, and test-time sizes "
         f"{list(checkpoint['preprocessing'].get('tta_sizes', ()))}): {len(val_tta) / wall_tta:.1f} images/s, "
         f"accuracy {accuracy(val_tta):.2%}.", "",
         f"Calibration: training fitted temperature {checkpoint['temperature']:.3f} on val (with the "
         f"recipe's TTA): ECE {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} on the same "
-        f"photos; held out (predict's output without TTA, temperature fitted on one half of val and "
-        f"measured on the other, two folds): {ece_before:.4f} -> {ece_after:.4f}; the same with `--tta`: "
+        f"photos; held out (predict's output with `--no-tta`, temperature fitted on one half of val and "
+        f"measured on the other, two folds): {ece_before:.4f} -> {ece_after:.4f}; the same with TTA: "
         f"{ece_tta[0]:.4f} -> {ece_tta[1]:.4f}.", "",
         f"Neither (ImageNet head, P(cat or dog classes) < {checkpoint['neither']['threshold']}): "
         f"{flagged}/{len(neither)} neither photos flagged; {flagged_val}/{len(val)} val photos "
-        f"wrongly flagged (no TTA). Not flagged: "
+        f"wrongly flagged (predict's default TTA). Not flagged: "
         + (", ".join(f"{Path(r['path']).name} ({r['known_score']:.2f})" for r in neither if not r.get("neither"))
            or "none") + ".",
     ])

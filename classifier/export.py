@@ -2,7 +2,7 @@
 
     python -m classifier.export checkpoints/best.pt --format onnx --out model.onnx
     python -m classifier.export checkpoints/best.pt --format torchscript --out model.ts
-    python predict.py photos/ --checkpoint model.onnx      # same output as best.pt
+    python predict.py photos/ --checkpoint model.onnx      # as best.pt, without test-time sizes
 
 What the exported model takes and gives:
   input   "images": uint8 RGB [N, 3, S, S], channels first, pixel values 0-255, N any. S and how
