@@ -2,7 +2,8 @@
 
 Training writes what the report reads into its output folder (RUN_DIR):
 
-  metrics.jsonl           one line per epoch: train and val loss and accuracy, learning rate
+  metrics.jsonl           one line per epoch: train loss and accuracy, learning rate; val loss
+                          and accuracy after evaluated epochs (--eval-every)
   val_predictions.jsonl   one line per validation image, from the best checkpoint's epoch:
                           path, true label, the probability of every class
 
@@ -257,13 +258,14 @@ def plot_curves(metrics: list[dict], best_epoch: int, path: Path) -> Path:
     axes = fig.subplots(1, 3)
     for ax, (title, train_key, val_key) in zip(axes, panels):
         ax.plot(epochs, [m[train_key] for m in metrics], "o-", label="train" if val_key else None)
-        if val_key:
-            ax.plot(epochs, [m[val_key] for m in metrics], "o-", label="val")
+        if val_key:  # evaluated epochs only (see --eval-every)
+            evaluated = [m for m in metrics if val_key in m]
+            ax.plot([m["epoch"] for m in evaluated], [m[val_key] for m in evaluated], "o-", label="val")
             ax.legend()
         ax.axvline(best_epoch, color="gray", linestyle=":", linewidth=1)
         ax.set(title=title, xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if all(m[key] > 0 for m in metrics for key in ("train_loss", "val_loss")):
+    if all(m.get(key, 1) > 0 for m in metrics for key in ("train_loss", "val_loss")):
         axes[0].set(yscale="log", title="loss (log scale)")  # an early spike hides the rest otherwise
         ax.grid(alpha=0.3)
     return save_figure(fig, path)

@@ -100,6 +100,8 @@ class TrainConfig:
                                     "the checkpoint for predict --tta. Unset, a model that takes any size and "
                                     "trains on random crops gets the size at which things look as large as "
                                     "in its crops (80 for 64 px crops with --min-scale 0.35)")
+    eval_every: int = option(0, "evaluate on val every N epochs and after the last (0: every epoch in runs "
+                             "of up to 10 epochs, else about 10 times per run)")
     # run
     seed: int = option(0, "seed for the split, initialization, shuffling and augmentation")
     device: str = option("auto", "auto, cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
@@ -149,6 +151,12 @@ def default_tta_sizes(config: TrainConfig, recommended: dict) -> tuple:
         zoomed = round(config.image_size * Augmentation(config.min_scale).mean_zoom())  # (unknown models
         return (zoomed,) if zoomed > config.image_size else ()  # are reported later, naming the checkpoint)
     return ()
+
+
+def evaluates_after(epoch: int, config: TrainConfig) -> bool:
+    """Whether val is evaluated (and best.pt possibly saved) after this 1-based epoch."""
+    every = config.eval_every or math.ceil(config.epochs / 10)
+    return epoch % every == 0 or epoch == config.epochs
 
 
 def compute_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
@@ -473,31 +481,32 @@ def train(config: TrainConfig) -> dict:
                 if distributed.any_rank(stop.requested) and step + 1 < len(train_batches):
                     stop_here(epoch, step + 1, metrics, stop.requested)
             seconds = time.perf_counter() - started
-            val = evaluate(inference_model, val_batches, preprocessing, device, config, logits_fn)
-            fit = calibrate(val["logits"], val["labels"])
-            calibrated = {"temperature": fit["temperature"], "calibration": fit,
-                          "neither": neither_rule(inference_model, dataset.classes, val["logits"])}
-            if not math.isfinite(val["loss"]):
-                raise ClassifierError(
-                    f"the validation loss became {val['loss']} at epoch {epoch + 1}: training "
-                    f"diverged; try a lower --lr (now {config.lr}); saved checkpoints were kept")
             metrics = {
                 "epoch": epoch + 1, "train_loss": running[0] / max(running[2], 1),
-                "train_accuracy": running[1] / max(running[2], 1), "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
+                "train_accuracy": running[1] / max(running[2], 1), "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(seconds, 3), "images_per_second": round(running[2] / seconds, 1),
-                "elapsed": round(time.perf_counter() - started_run, 3),
-                "temperature": fit["temperature"], "ece": fit["ece_before"], "ece_calibrated": fit["ece_after"],
             }
-            print(f"epoch {epoch + 1}/{config.epochs}  train loss {metrics['train_loss']:.4f} "
-                  f"acc {metrics['train_accuracy']:.2%}  val loss {val['loss']:.4f} "
-                  f"acc {val['accuracy']:.2%}  lr {metrics['lr']:.4g}  {seconds:.1f}s  "
-                  f"{metrics['images_per_second']:.0f} img/s")
+            line = (f"epoch {epoch + 1}/{config.epochs}  train loss {metrics['train_loss']:.4f} "
+                    f"acc {metrics['train_accuracy']:.2%}")
+            if evaluates_after(epoch + 1, config):
+                val = evaluate(inference_model, val_batches, preprocessing, device, config, logits_fn)
+                if not math.isfinite(val["loss"]):
+                    raise ClassifierError(
+                        f"the validation loss became {val['loss']} at epoch {epoch + 1}: training "
+                        f"diverged; try a lower --lr (now {config.lr}); saved checkpoints were kept")
+                fit = calibrate(val["logits"], val["labels"])
+                calibrated = {"temperature": fit["temperature"], "calibration": fit,
+                              "neither": neither_rule(inference_model, dataset.classes, val["logits"])}
+                metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"], temperature=fit["temperature"],
+                               ece=fit["ece_before"], ece_calibrated=fit["ece_after"])
+                line += f"  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}"
+            metrics["elapsed"] = round(time.perf_counter() - started_run, 3)
+            print(f"{line}  lr {metrics['lr']:.4g}  {seconds:.1f}s  {metrics['images_per_second']:.0f} img/s")
             if session.is_main:
                 with open(out / "metrics.jsonl", "a") as log:
                     log.write(json.dumps(metrics) + "\n")
             start_step, running = 0, [0.0, 0, 0]
-            if val["accuracy"] > best_accuracy:
+            if metrics.get("val_accuracy", -1.0) > best_accuracy:
                 best_accuracy = val["accuracy"]
                 best_probabilities = (val["logits"] / fit["temperature"]).softmax(1)
                 save("best.pt", epoch + 1, 0, metrics, with_state=False)

@@ -24,7 +24,25 @@ def test_convnet_learns_on_real_photos(small_real, tmp_path):
     log = metrics(tmp_path / "run")
     assert len(log) == 12
     assert log[-1]["train_loss"] < log[0]["train_loss"]
-    assert max(m["val_accuracy"] for m in log) >= 0.60  # 200 val photos: chance is 0.50 +- 0.035
+    evaluated = [m for m in log if "val_accuracy" in m]  # 12 epochs: val after every second one
+    assert [m["epoch"] for m in evaluated] == [2, 4, 6, 8, 10, 12]
+    assert all("val_loss" in m and "ece" in m for m in evaluated)
+    assert max(m["val_accuracy"] for m in evaluated) >= 0.60  # 200 val photos: chance is 0.50 +- 0.035
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["metrics"] == max(evaluated, key=lambda m: m["val_accuracy"])
+
+
+@pytest.mark.parametrize("epochs, every, evaluated", [
+    (5, 0, [1, 2, 3, 4, 5]),  # short runs: every epoch
+    (10, 0, list(range(1, 11))),
+    (90, 0, list(range(9, 91, 9))),  # long runs: about ten times
+    (25, 0, [3, 6, 9, 12, 15, 18, 21, 24, 25]),  # and always after the last epoch
+    (10, 4, [4, 8, 10]),
+    (3, 1, [1, 2, 3]),
+])
+def test_val_is_evaluated_about_ten_times_and_after_the_last_epoch(epochs, every, evaluated):
+    config = TrainConfig(epochs=epochs, eval_every=every)
+    assert [e for e in range(1, epochs + 1) if train_module.evaluates_after(e, config)] == evaluated
 
 
 def test_article_network_sigmoid_mlp_mse_plain_sgd_beats_chance(real_data, tmp_path):
