@@ -74,7 +74,7 @@ class Preprocessing:
             more detail); the model's outputs at every size are averaged.
     """
 
-    image_size: int = 64
+    image_size: int = 80
     resize: str = "squash"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)

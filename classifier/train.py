@@ -58,7 +58,7 @@ class TrainConfig:
     # data
     data: str = option(default_data_dir(), "image folder (train/ and val/, class folders, or cat.1.jpg files)")
     val_fraction: float = option(0.2, "share of each class held out for validation when DIR has no val/")
-    image_size: int = model_option(64, "images are resized to this many pixels square")
+    image_size: int = model_option(80, "images are resized to this many pixels square")
     cache_dir: str = option(default_cache_dir(), "where decoded images are cached ('' to disable)")
     workers: int = option(0, "decoding threads (0: one per CPU core)")
     # model
@@ -99,7 +99,7 @@ class TrainConfig:
                                     "(comma-separated; larger ones show more detail), averaged; stored in "
                                     "the checkpoint for predict --tta. Unset, a model that takes any size and "
                                     "trains on random crops gets the size at which things look as large as "
-                                    "in its crops (80 for 64 px crops with --min-scale 0.35)")
+                                    "in its crops (101 for 80 px crops with --min-scale 0.35)")
     eval_every: int = option(0, "evaluate on val every N epochs and after the last (0: every epoch in runs "
                              "of up to 10 epochs, else about 10 times per run)")
     # run

@@ -99,7 +99,7 @@ def test_recommended_recipe_applies_only_to_unset_fields_of_pretrained_models():
     assert TrainConfig(model="efficientnet_lite0", pretrained=True, epochs=3).resolved().epochs == 3
     scratch = TrainConfig(model="efficientnet_lite0").resolved()
     fallback = {f.name: f.metadata.get("fallback") for f in fields(TrainConfig)}
-    assert (scratch.finetune, scratch.image_size, scratch.lr) == ("full", 64, fallback["lr"])
+    assert (scratch.finetune, scratch.image_size, scratch.lr) == ("full", 80, fallback["lr"])
     assert TrainConfig().resolved().optimizer == "sgd"
 
 

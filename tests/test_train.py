@@ -189,8 +189,9 @@ def test_training_with_mixed_images(tiny_real, tmp_path, mixing):
 
 def test_test_time_size_matches_how_large_things_look_in_the_training_crops():
     """Random crops keep min_scale..1 of the area, so things look ~1.26x larger in training
-    than in a whole 64 px image: the from-scratch recipe also evaluates at 80 px."""
-    assert TrainConfig().resolved().tta_sizes == (80,)
+    than in a whole 80 px image: the from-scratch recipe also evaluates at 101 px."""
+    assert TrainConfig().resolved().tta_sizes == (101,)
+    assert TrainConfig(image_size=64).resolved().tta_sizes == (80,)
     assert TrainConfig(min_scale=1.0).resolved().tta_sizes == ()
     assert TrainConfig(augment=False).resolved().tta_sizes == ()
     assert TrainConfig(model="mlp").resolved().tta_sizes == ()  # takes its image size only
