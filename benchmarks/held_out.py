@@ -1,0 +1,85 @@
+"""Score both recipes on photos no setting was chosen on: another split of the same data.
+
+    python benchmarks/held_out.py --data ../shared/data/catsdogs
+
+The recipes' settings (image size, epochs, weight decay, ...) were chosen by their accuracy on
+val/, so val/ may flatter them. This builds another split of the same photos in a temporary
+folder (symlinks): every other photo of each class in train/ (sorted by name) is held out, and
+the rest of train/ plus all of val/ trains. Then it runs each recipe, `python train.py --data
+SPLIT` plus its flags, as a user would, and reports the accuracy on the held-out photos after
+the last epoch (the held-out photos are train.py's val here, so best.pt is chosen on them; the
+last epoch's number is the one nothing was chosen on). Writes its section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from results import write_section  # noqa: E402
+
+RECIPES = {  # name: flags after --data
+    "from scratch (the default)": [],
+    "pretrained (efficientnet_lite0 recipe)": ["--model", "efficientnet_lite0", "--pretrained"],
+}
+
+
+def build_split(data: Path, split: Path) -> dict:
+    """Symlink the new split into `split`; returns the number of photos on each side."""
+    counts = {"train": 0, "held out": 0}
+    for class_dir in sorted(p for p in (data / "train").iterdir() if p.is_dir()):
+        for index, photo in enumerate(sorted(class_dir.iterdir())):
+            side = "val" if index % 2 == 0 else "train"
+            counts["held out" if side == "val" else "train"] += 1
+            (split / side / class_dir.name).mkdir(parents=True, exist_ok=True)
+            (split / side / class_dir.name / photo.name).symlink_to(photo.resolve())
+        for photo in sorted((data / "val" / class_dir.name).iterdir()):
+            counts["train"] += 1
+            (split / "train" / class_dir.name / f"val-{photo.name}").symlink_to(photo.resolve())
+    return counts
+
+
+def run(split: Path, out: Path, flags: list[str]) -> dict:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "train.py", "--data", str(split), "--out", str(out),
+                    "--cache-dir", str(out / "cache"), *flags], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    evaluated = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_accuracy" in m]
+    best = max(evaluated, key=lambda m: m["val_accuracy"])
+    return {"wall": wall, "last": evaluated[-1], "best": best}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="../shared/data/catsdogs",
+                        help="dataset with train/ and val/ class folders (default: %(default)s)")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        split = Path(tmp) / "split"
+        counts = build_split(Path(args.data).resolve(), split)
+        for index, (name, flags) in enumerate(RECIPES.items()):
+            r = run(split, Path(tmp) / str(index), flags)
+            rows.append(f"| {name} | `{' '.join(flags) or '(none)'}` | {r['last']['val_accuracy']:.2%} "
+                        f"(epoch {r['last']['epoch']}) | {r['best']['val_accuracy']:.2%} (epoch {r['best']['epoch']}) "
+                        f"| {r['wall']:.0f} s |")
+            print(rows[-1], flush=True)
+    body = "\n".join([
+        f"Split: {counts['held out']} held-out photos (every other photo of each class in train/), "
+        f"{counts['train']} training photos (the rest of train/ and all of val/).", "",
+        "| recipe | flags | held-out accuracy, last epoch | best epoch (chosen on them) | wall time |",
+        "|---|---|---|---|---|", *rows,
+    ])
+    write_section("held_out", "Held-out photos: another split of the same data (benchmarks/held_out.py)", body)
+
+
+if __name__ == "__main__":
+    main()
