@@ -265,9 +265,9 @@ def plot_curves(metrics: list[dict], best_epoch: int, path: Path) -> Path:
         ax.axvline(best_epoch, color="gray", linestyle=":", linewidth=1)
         ax.set(title=title, xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
     if all(m.get(key, 1) > 0 for m in metrics for key in ("train_loss", "val_loss")):
         axes[0].set(yscale="log", title="loss (log scale)")  # an early spike hides the rest otherwise
-        ax.grid(alpha=0.3)
     return save_figure(fig, path)
 
 
