@@ -31,21 +31,31 @@ from tune_pretrained import train_tail  # noqa: E402
 
 
 def cross_validate(features: torch.Tensor, labels: torch.Tensor, folds: int,
-                   test_sizes: list[torch.Tensor] = ()) -> list[int]:
-    """Errors on each held-out fold of a probe trained on the other folds; scored on
-    `features`, and on the same photos' `test_sizes` features too, averaged."""
+                   test_sizes: list[torch.Tensor] = (), epochs: int = 10, lr: float = 1e-3, **settings) -> list[int]:
+    """Errors on each held-out fold of a probe trained on the other folds (the recipe's
+    settings unless given; see train_tail); scored on `features`, and on the same photos'
+    `test_sizes` features too, averaged."""
     fold_of = torch.arange(len(labels)) % folds
     errors = []
     for fold in range(folds):
         fit, held = fold_of != fold, fold_of == fold
         model = create_model("efficientnet_lite0", pretrained=True, finetune="probe")
         views = features[fit].shape[1]
-        train_tail(model, features[fit].flatten(0, 1), labels[fit].repeat_interleave(views), epochs=10, lr=1e-3)
+        train_tail(model, features[fit].flatten(0, 1), labels[fit].repeat_interleave(views), epochs, lr, **settings)
         model.eval()
         with torch.inference_mode():
             logits = tail_logits(model)([features[held]] + [f[held] for f in test_sizes])
             errors.append(int((logits.argmax(1) != labels[held]).sum()))
     return errors
+
+
+def train_features(network, train, size: int):
+    """The frozen network's output for each training photo and its mirror image, at `size` px
+    (center crops, as the recipe caches them)."""
+    preprocessing = Preprocessing(size, **model_entry("efficientnet_lite0").preprocessing)
+    decoded = decode_images(train.paths, train.labels, preprocessing, cache_dir=None)
+    return cached_features(network, decoded, preprocessing, torch.device("cpu"), views=2, flip=True,
+                           precision="auto", desc=f"{size} px")
 
 
 def main() -> None:
@@ -65,11 +75,8 @@ def main() -> None:
     network = create_model("efficientnet_lite0", pretrained=True, finetune="probe")
     rows, features_at = [], {}
     for size in map(int, args.sizes.split(",")):
-        preprocessing = Preprocessing(size, **model_entry("efficientnet_lite0").preprocessing)
         started = time.perf_counter()
-        decoded = decode_images(train.paths, train.labels, preprocessing, cache_dir=None)
-        features = cached_features(network, decoded, preprocessing, torch.device("cpu"), views=2, flip=True,
-                                   precision="auto", desc=f"{size} px")
+        features = train_features(network, train, size)
         seconds = time.perf_counter() - started
         features_at[size], train_labels = features.images, features.labels
         rows.append(row(f"{size}", cross_validate(features.images, train_labels, args.folds), f"{seconds:.0f} s"))

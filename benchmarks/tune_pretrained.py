@@ -28,18 +28,21 @@ from classifier.models import create_model  # noqa: E402
 from classifier.transfer import cached_features, tail_logits  # noqa: E402
 
 
-def train_tail(model, features, labels, epochs: int, lr: float, seed: int = 0) -> None:
+def train_tail(model, features, labels, epochs: int, lr: float, seed: int = 0, weight_decay: float = 0.05,
+               label_smoothing: float = 0.0) -> None:
     """AdamW with cosine decay on cached features [N, C, H, W] (the training loop, in brief)."""
     torch.manual_seed(seed)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.05)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=weight_decay)
     steps = epochs * (len(labels) // 64)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     for _ in range(epochs):
         order = torch.randperm(len(labels))
         for start in range(0, len(order) - 63, 64):
             index = order[start:start + 64]
-            loss = torch.nn.functional.cross_entropy(model.tail(features[index].float()), labels[index])
+            loss = torch.nn.functional.cross_entropy(model.tail(features[index].float()), labels[index],
+                                                     label_smoothing=label_smoothing)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
