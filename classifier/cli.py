@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -54,6 +55,9 @@ def _run(command, *args) -> int:
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C); checkpoints already written are intact", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`predict.py photos/ | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     return result if isinstance(result, int) else 0
 
 

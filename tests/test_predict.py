@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,17 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert predict_main(["x.jpg", "--checkpoint", str(tmp_path / "nope.pt")]) == 1
     err = capsys.readouterr().err.strip()
     assert "nope.pt: no such checkpoint" in err and "\n" not in err
+
+
+def test_a_reader_that_leaves_early_stops_predict_quietly(trained, tiny_real):
+    """`predict.py photos/ | head -1`: once the pipe's reader is gone, no traceback."""
+    read_end, write_end = os.pipe()
+    run = subprocess.Popen([sys.executable, "predict.py", str(tiny_real / "val"), "--checkpoint", str(trained)],
+                           cwd=REPO, stdout=write_end, stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    os.close(read_end)  # the reader is gone before the first line is written
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 141 and "Traceback" not in err and "Error" not in err
 
 
 @pytest.mark.parametrize("entry", [["predict.py"], ["-m", "classifier.predict"], ["-m", "classifier.train"]])
