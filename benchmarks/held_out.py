@@ -14,16 +14,14 @@ last epoch's number is the one nothing was chosen on). Writes its section of ben
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from from_scratch import run_recipe  # noqa: E402
 from results import write_section  # noqa: E402
 
 RECIPES = {  # name: flags after --data
@@ -47,16 +45,6 @@ def build_split(data: Path, split: Path) -> dict:
     return counts
 
 
-def run(split: Path, out: Path, flags: list[str]) -> dict:
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "train.py", "--data", str(split), "--out", str(out),
-                    "--cache-dir", str(out / "cache"), *flags], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - started
-    evaluated = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_accuracy" in m]
-    best = max(evaluated, key=lambda m: m["val_accuracy"])
-    return {"wall": wall, "last": evaluated[-1], "best": best}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="../shared/data/catsdogs",
@@ -67,10 +55,10 @@ def main() -> None:
         split = Path(tmp) / "split"
         counts = build_split(Path(args.data).resolve(), split)
         for index, (name, flags) in enumerate(RECIPES.items()):
-            r = run(split, Path(tmp) / str(index), flags)
-            rows.append(f"| {name} | `{' '.join(flags) or '(none)'}` | {r['last']['val_accuracy']:.2%} "
-                        f"(epoch {r['last']['epoch']}) | {r['best']['val_accuracy']:.2%} (epoch {r['best']['epoch']}) "
-                        f"| {r['wall']:.0f} s |")
+            wall, evaluated = run_recipe(str(split), Path(tmp) / str(index), flags)
+            last, best = evaluated[-1], max(evaluated, key=lambda m: m["val_accuracy"])
+            rows.append(f"| {name} | `{' '.join(flags) or '(none)'}` | {last['val_accuracy']:.2%} "
+                        f"(epoch {last['epoch']}) | {best['val_accuracy']:.2%} (epoch {best['epoch']}) | {wall:.0f} s |")
             print(rows[-1], flush=True)
     body = "\n".join([
         f"Split: {counts['held out']} held-out photos (every other photo of each class in train/), "
