@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from classifier.calibration import expected_calibration_error, fit_temperature  # noqa: E402
+from classifier.calibration import IMAGENET_TOP, expected_calibration_error, fit_temperature  # noqa: E402
 from classifier.checkpoint import load_checkpoint  # noqa: E402
 from results import write_section  # noqa: E402
 
@@ -126,7 +126,7 @@ def main() -> None:
         f"photos; held out (predict's output with `--no-tta`, temperature fitted on one half of val and "
         f"measured on the other, two folds): {ece_before:.4f} -> {ece_after:.4f}; the same with TTA: "
         f"{ece_tta[0]:.4f} -> {ece_tta[1]:.4f}.", "",
-        f"Neither (ImageNet head, P(cat or dog classes) < {checkpoint['neither']['threshold']}): "
+        f"Neither (ImageNet head: no cat or dog class among its {IMAGENET_TOP} most likely guesses): "
         f"{flagged}/{len(neither)} neither photos flagged; {flagged_val}/{len(val)} val photos "
         f"wrongly flagged (predict's default TTA). Not flagged: "
         + (", ".join(f"{Path(r['path']).name} ({r['known_score']:.2f})" for r in neither if not r.get("neither"))

@@ -38,6 +38,8 @@ def main() -> None:
     network = create_model("efficientnet_lite0", pretrained=True, finetune="probe")
     at_272, at_320 = train_features(network, train, 272), train_features(network, train, 320)
     labels = at_272.labels
+    for features in (at_272, at_320):  # the probe averages each map first: do it once (81x less work)
+        features.images = features.images.float().mean((-2, -1), keepdim=True)
     rows = []
     for values in itertools.product(*GRID.values()):
         settings = dict(zip(GRID, values))

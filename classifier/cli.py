@@ -178,7 +178,7 @@ def explain_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run():
-        classifier = Classifier.load(args.checkpoint, args.device)
+        classifier = Classifier.load(args.checkpoint, args.device, fuse=False)
         out = args.out or f"explain/{Path(args.image).stem}"
         explanation, written = explain(classifier, args.image, out,
                                        class_index(classifier.classes, args.target))

@@ -456,13 +456,22 @@ class Augmentation:
         root = math.sqrt(self.min_scale)
         return 2 / (1 + root) if self.min_scale < 1 else 1.0
 
+    def source_size(self, size: int) -> int:
+        """The size to decode photos at for `size`-pixel crops: size x mean_zoom, at which a
+        whole photo shows things as large as the crops do, so crops keep the detail that a
+        photo decoded at that size (a test-time size) shows."""
+        return max(size, round(size * self.mean_zoom()))
+
 
 def augment(images: torch.Tensor, generator: torch.Generator, policy: Augmentation,
-            rank: int = 0, world_size: int = 1) -> torch.Tensor:
-    """Augment a whole uint8 batch at once; returns float images in [0, 1], same size.
+            rank: int = 0, world_size: int = 1, size: int | None = None) -> torch.Tensor:
+    """Augment a whole uint8 batch at once; returns float images in [0, 1] of `size` pixels
+    square (default: the input's size).
 
     Each image gets its own crop and flip, drawn on the CPU from `generator` (so a seed
     gives the same batch on any device) and applied together by one affine resampling.
+    Cutting `size`-pixel crops from images decoded larger keeps the detail that upscaling a
+    crop of a `size`-pixel image would blur.
     In a distributed run, `images` is this rank's slice of a global batch: the crops and
     flips are drawn for the whole global batch and sliced alike, so every image gets the
     same augmentation whichever rank handles it.
@@ -482,7 +491,8 @@ def augment(images: torch.Tensor, generator: torch.Generator, policy: Augmentati
     theta[:, 1, 1], theta[:, 1, 2] = height, shift_y
     theta = theta.chunk(world_size)[rank]
     floats = images.float().div_(255)
-    grid = F.affine_grid(theta.to(images.device), list(floats.shape), align_corners=False)
+    out = size or images.shape[-1]
+    grid = F.affine_grid(theta.to(images.device), [len(floats), floats.shape[1], out, out], align_corners=False)
     return F.grid_sample(floats, grid, mode="bilinear", padding_mode="reflection",
                          align_corners=False)
 

@@ -24,7 +24,7 @@ from classifier.calibration import energy_score, imagenet_score
 from classifier.checkpoint import load_checkpoint, model_from_checkpoint
 from classifier.data import Preprocessing, walk_images, decode_stream
 from classifier.errors import ClassifierError
-from classifier.runtime import autocast, resolve_precision, select_device
+from classifier.runtime import autocast, fuse_batch_norms, resolve_precision, select_device
 
 
 Images = torch.Tensor | list[torch.Tensor]  # a batch, or the same batch at each of Preprocessing.sizes
@@ -68,16 +68,19 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path = "checkpoints/best.pt", device: str = "auto",
-             precision: str = "auto") -> "Classifier":
+             precision: str = "auto", fuse: bool = True) -> "Classifier":
         """A checkpoint (.pt), or an exported ONNX model (.onnx, run by onnxruntime on the CPU).
-        precision auto: bf16 where the device computes it natively, as training does."""
+        precision auto: bf16 where the device computes it natively, as training does.
+        fuse: fold batch norms into convolutions (runtime.fuse_batch_norms): faster, same
+        outputs; off to see the layers as trained (explain)."""
         if Path(path).suffix.lower() == ".onnx":
             from classifier.export import OnnxClassifier
 
             return OnnxClassifier.load(path)
         device = select_device(device)
         checkpoint = load_checkpoint(path)
-        model = model_from_checkpoint(checkpoint, path).to(device, memory_format=torch.channels_last).eval()
+        model = model_from_checkpoint(checkpoint, path).eval()
+        model = (fuse_batch_norms(model) if fuse else model).to(device, memory_format=torch.channels_last)
         return cls(model, checkpoint["classes"], Preprocessing(**checkpoint["preprocessing"]),
                    float(checkpoint.get("temperature", 1.0)), device, checkpoint.get("neither"),
                    resolve_precision(precision, device), bool(checkpoint.get("config", {}).get("tta", False)))

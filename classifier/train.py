@@ -148,8 +148,8 @@ def default_tta_sizes(config: TrainConfig, recommended: dict) -> tuple:
         return tuple(recommended["tta_sizes"])
     crops_only = config.augment and config.finetune == "full"  # what every training step sees
     if crops_only and config.model in list_models() and not model_entry(config.model).fixed_size:
-        zoomed = round(config.image_size * Augmentation(config.min_scale).mean_zoom())  # (unknown models
-        return (zoomed,) if zoomed > config.image_size else ()  # are reported later, naming the checkpoint)
+        zoomed = Augmentation(config.min_scale).source_size(config.image_size)  # (unknown models are
+        return (zoomed,) if zoomed > config.image_size else ()  # reported later, naming the checkpoint)
     return ()
 
 
@@ -358,10 +358,14 @@ def train(config: TrainConfig) -> dict:
         ema.n_averaged.fill_(resume_state["ema_updates"])
     trainee = compile_model(session.wrap(model), device, config.compile)  # what the steps call
 
+    # Random crops drawn at every step are cut from photos decoded larger (Augmentation.source_size).
+    policy = Augmentation(min_scale=config.min_scale) if config.augment and not caches_features(model) else None
+    train_decoding = replace(preprocessing, image_size=policy.source_size(config.image_size)) if policy \
+        else preprocessing
     cache = config.cache_dir or None
     workers = config.workers or None
     with session.main_first():  # in a distributed run, rank 0 fills the cache for the others
-        train_images = decode_images(dataset.train.paths, dataset.train.labels, preprocessing, cache,
+        train_images = decode_images(dataset.train.paths, dataset.train.labels, train_decoding, cache,
                                      workers, desc="decoding train")
         val_sizes = decode_sizes(dataset.val.paths, dataset.val.labels, preprocessing, config.tta, cache,
                                  workers, desc="decoding val")
@@ -399,7 +403,6 @@ def train(config: TrainConfig) -> dict:
     train_batches = Batches(train_images, config.batch_size, shuffle=True, drop_last=True, **shard)
     val_batches = [Batches(inputs, 256) for inputs in val_inputs]  # every rank evaluates all of val
     scheduler = make_schedule(config, optimizer, len(train_batches))
-    policy = Augmentation(min_scale=config.min_scale) if config.augment and not logits_fn else None
     calibrated = {}  # temperature, calibration and neither rule fitted on the latest validation
     best_probabilities = None  # best.pt's calibrated val probabilities, for val_predictions.jsonl
 
@@ -451,7 +454,7 @@ def train(config: TrainConfig) -> dict:
                 generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, step))
                 torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout
                 images, labels = images.to(device), labels.to(device)
-                x = augment(images, generator, policy, **shard) if policy else images
+                x = augment(images, generator, policy, **shard, size=config.image_size) if policy else images
                 x = x.contiguous(memory_format=layout) if x.ndim == 4 else x
                 targets = labels
                 if config.mixing != "none" and not logits_fn:

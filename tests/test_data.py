@@ -138,6 +138,21 @@ def test_augment_shapes_dtype_and_range():
     assert 0.0 <= out.min() and out.max() <= 1.0
 
 
+def test_augment_cuts_crops_of_another_size_from_larger_images():
+    large = _batch(size=24)
+    out = augment(large, torch.Generator().manual_seed(1), Augmentation(), size=16)
+    assert out.shape == (8, 3, 16, 16) and 0.0 <= out.min() and out.max() <= 1.0
+    whole = augment(large, torch.Generator().manual_seed(0), Augmentation(min_scale=1.0, max_aspect=1.0, flip=False),
+                    size=12)  # a whole-image "crop" is the image resized: 2x2 pixel blocks averaged
+    expected = torch.nn.functional.avg_pool2d(large.float() / 255, 2)
+    assert torch.allclose(whole, expected, atol=1e-4)
+
+
+def test_crops_are_cut_from_photos_decoded_where_things_look_as_large_as_in_the_crops():
+    assert Augmentation(min_scale=0.35).source_size(80) == 101  # 80 x E[area ** -0.5] = 80 x 1.26
+    assert Augmentation(min_scale=1.0).source_size(80) == 80
+
+
 def test_augment_is_deterministic_under_a_seed_and_varies_across_seeds():
     policy = Augmentation()
     a = augment(_batch(), torch.Generator().manual_seed(1), policy)

@@ -1,8 +1,12 @@
+import math
+
 import pytest
 import torch
 
 from classifier.errors import ClassifierError
+from classifier.backbones import SameConv2d
 from classifier.models import create_model, list_models, model_arguments
+from classifier.runtime import fuse_batch_norms
 
 
 @pytest.mark.parametrize("hidden", [(), (32,), (64, 16, 8)])
@@ -58,3 +62,32 @@ def test_errors_for_unknown_models_and_bad_arguments():
         create_model("mlp", activation="softsign")
     with pytest.raises(ClassifierError, match="no pretrained weights"):
         create_model("mlp", pretrained=True)
+
+
+@pytest.mark.parametrize("name, options", [("convnet", {"channels": (8, 16), "blocks": 2}),
+                                           ("efficientnet_lite0", {"finetune": "last", "finetune_stages": 2})])
+def test_fused_batch_norms_give_the_same_outputs(name, options):
+    model = create_model(name, **options)
+    for m in model.modules():  # batch norms with statistics of their own, so folding them matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5), torch.nn.init.uniform_(m.running_var, 0.5, 2.0)
+            torch.nn.init.normal_(m.running_mean), torch.nn.init.normal_(m.bias)
+    model.eval()
+    fused = fuse_batch_norms(model)
+    norms = lambda m: sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+    assert norms(fused) == 0 < norms(model)  # every one folded (the model itself keeps its own)
+    x = torch.randn(2, 3, 36, 36)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [17, 18])
+@pytest.mark.parametrize("kernel, stride", [(3, 1), (5, 1), (3, 2), (5, 2)])
+def test_same_padding_matches_tensorflow(size, kernel, stride):
+    conv = SameConv2d(2, 3, kernel, stride)
+    x = torch.randn(1, 2, size, size)
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)  # TF: the extra pixel at the end
+    padded = torch.nn.functional.pad(x, [total // 2, total - total // 2] * 2)
+    expected = torch.nn.functional.conv2d(padded, conv.weight, conv.bias, stride)
+    assert conv(x).shape[-1] == math.ceil(size / stride)
+    torch.testing.assert_close(conv(x), expected)

@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 import classifier.train as train_module
-from classifier.calibration import (calibrate, energy_score, expected_calibration_error,
+from classifier.calibration import (IMAGENET_THRESHOLD, calibrate, energy_score, expected_calibration_error,
                                     fit_temperature, neither_rule)
 from classifier.checkpoint import load_checkpoint
 from classifier.cli import predict_main, train_main
@@ -184,10 +184,10 @@ def test_neither_answer_for_photos_of_other_things(real_data, capsys, tmp_path):
     model = lite0(finetune="probe")
     model.model_config["finetune"] = "probe"
     classifier = Classifier(model, ["cat", "dog"], Preprocessing(224, "center_crop"),
-                            neither={"method": "imagenet", "threshold": 0.2})
+                            neither={"method": "imagenet", "threshold": IMAGENET_THRESHOLD})
     photos = [NEITHER / "camera.png", NEITHER / "rocket.jpg", real_data / "val" / "dog" / "dog.4001.jpg",
               real_data / "val" / "cat" / "cat.4001.jpg"]
     results = list(classifier.predict_paths([str(p) for p in photos]))
     assert [r["neither"] for r in results] == [True, True, False, False]
     assert [r["label"] for r in results[:2]] == ["neither", "neither"]
-    assert results[0]["known_score"] < 0.2 < results[2]["known_score"]
+    assert results[0]["known_score"] < IMAGENET_THRESHOLD < results[2]["known_score"]
