@@ -81,7 +81,8 @@ def write_predictions(run_dir: str | Path, val_sizes: list[DecodedImages], tta: 
     `probabilities` it already computed for best.pt, sparing a second pass over val."""
     checkpoint = Path(run_dir) / "best.pt"
     saved = load_checkpoint(checkpoint)
-    classifier = Classifier.load(checkpoint, device, saved.get("config", {}).get("precision", "fp32"))  # as trained
+    classifier = Classifier.load(checkpoint, device, saved.get("config", {}).get("precision", "fp32"),
+                                 fuse=False)  # as training evaluated it: the same numbers, to the last bit
     epoch = saved["epoch"]
     val_images = val_sizes[0]
     if probabilities is None:

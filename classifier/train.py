@@ -516,10 +516,11 @@ def train(config: TrainConfig) -> dict:
             save("last.pt", epoch + 1, 0, metrics, with_state=True)
             if distributed.any_rank(stop.requested) and epoch + 1 < config.epochs:
                 stop_here(epoch + 1, 0, metrics, stop.requested)
-    if session.is_main:  # what the report reads: best.pt's predictions on the val images
-        write_predictions(out, val_sizes, config.tta, config.device, probabilities=best_probabilities)
-        if config.report:
-            print(f"report: {build_report(out)}")
+    with session.main_first():  # the other ranks wait: none leaves the process group while rank 0 works
+        if session.is_main:  # what the report reads: best.pt's predictions on the val images
+            write_predictions(out, val_sizes, config.tta, config.device, probabilities=best_probabilities)
+            if config.report:
+                print(f"report: {build_report(out)}")
     return metrics
 
 
