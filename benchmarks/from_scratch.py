@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -98,13 +99,15 @@ def throughput(data: str, seconds: float) -> dict:
                         persistent_workers=True)
     results = {"tutorial": train_steps(model, loader, step, seconds)}
 
-    started = time.perf_counter()
-    decoded = decode_images(dataset.train.paths, dataset.train.labels, preprocessing)
-    results["decode_seconds"] = time.perf_counter() - started
     generator, policy = torch.Generator().manual_seed(0), Augmentation(min_scale=config.min_scale)
+    started = time.perf_counter()  # decoded as train.py does: larger, for the crops (source_size)
+    decoded = decode_images(dataset.train.paths, dataset.train.labels,
+                            replace(preprocessing, image_size=policy.source_size(size)))
+    results["decode_seconds"] = time.perf_counter() - started
     batches = Batches(decoded, config.batch_size, shuffle=True, drop_last=True, generator=generator)
     results["project"] = train_steps(
-        model, batches, lambda x, y: step(preprocessing.normalize(augment(x, generator, policy)), y), seconds)
+        model, batches, lambda x, y: step(preprocessing.normalize(augment(x, generator, policy, size=size)), y),
+        seconds)
 
     noise = [(torch.randn(config.batch_size, 3, size, size), torch.randint(0, 2, (config.batch_size,)))] * 4
     results["compute"] = train_steps(model, noise, step, seconds)

@@ -358,8 +358,9 @@ def train(config: TrainConfig) -> dict:
         ema.n_averaged.fill_(resume_state["ema_updates"])
     trainee = compile_model(session.wrap(model), device, config.compile)  # what the steps call
 
-    # Random crops drawn at every step are cut from photos decoded larger (Augmentation.source_size).
-    policy = Augmentation(min_scale=config.min_scale) if config.augment and not caches_features(model) else None
+    crops = Augmentation(min_scale=config.min_scale) if config.augment else None
+    # Crops drawn at every step (not cached) are cut from photos decoded larger (Augmentation.source_size).
+    policy = None if caches_features(model) else crops
     train_decoding = replace(preprocessing, image_size=policy.source_size(config.image_size)) if policy \
         else preprocessing
     cache = config.cache_dir or None
@@ -387,7 +388,6 @@ def train(config: TrainConfig) -> dict:
         if session.world_size > 1:
             raise ClassifierError("--finetune probe and last train on cached features in one process; "
                                   "under torchrun use --finetune full")
-        crops = Augmentation(min_scale=config.min_scale) if config.augment else None
         views = config.views if crops else 1  # the image, its mirror image, then random crops and flips
         train_images = flatten_views(cached_features(
             model, train_images, preprocessing, device, views, flip=views > 1, policy=crops,

@@ -200,3 +200,25 @@ def test_test_time_size_matches_how_large_things_look_in_the_training_crops():
     assert TrainConfig(**lite0).resolved().tta_sizes == (320,)  # its recipe's, at its 272 px
     assert TrainConfig(**lite0, image_size=224).resolved().tta_sizes == ()  # a probe sees no crops
     assert TrainConfig(**lite0, image_size=128, finetune="full").resolved().tta_sizes == (161,)
+
+
+def test_training_crops_are_cut_from_photos_decoded_at_the_test_time_size(tiny_real, tmp_path, monkeypatch):
+    decoded_sizes, augmented_sizes = [], set()
+    decode, augment = train_module.decode_images, train_module.augment
+
+    def recording_decode(paths, labels, preprocessing, *args, **kwargs):
+        decoded_sizes.append(preprocessing.image_size)
+        return decode(paths, labels, preprocessing, *args, **kwargs)
+
+    def recording_augment(images, *args, **kwargs):
+        crops = augment(images, *args, **kwargs)
+        augmented_sizes.add((images.shape[-1], crops.shape[-1]))
+        return crops
+
+    monkeypatch.setattr(train_module, "decode_images", recording_decode)
+    monkeypatch.setattr(train_module, "augment", recording_augment)
+    assert train_main(train_args(tiny_real, tmp_path / "run", tmp_path / "cache", "--epochs", 1)) == 0
+    checkpoint = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert checkpoint["preprocessing"]["tta_sizes"] == (40,)  # 32 px crops look as large as a 40 px photo
+    assert decoded_sizes[0] == 40  # train/ is decoded first, at that size (val at 32 and 40)
+    assert augmented_sizes == {(40, 32)}  # every training batch: 40 px photos in, 32 px crops out
