@@ -1,7 +1,7 @@
 """Train a classifier: `python train.py --help`. The code lives in classifier/train.py."""
 import sys
 
-from classifier.cli import train_main
+from classifier.train import main
 
 if __name__ == "__main__":
-    sys.exit(train_main())
+    sys.exit(main())

@@ -1,18 +1,17 @@
 """A dogs-vs-cats (or any-folder-of-classes) image classifier in plain PyTorch.
 
-Where things live:
-  data.py        finding images, decoding them once, caching, batch augmentation
-  models.py      the model registry: create_model(name, num_classes, **args)
-  train.py       the training loop
-  checkpoint.py  saving and loading one self-describing checkpoint file
-  predict.py     Classifier.load(path).predict(image) -> probabilities
-  report.py      a training run's report: curves, confusion matrix, calibration, mistakes
-  explain.py     Grad-CAM heatmaps, feature maps, first-layer filters, MLP templates
-  cli.py         the command-line interfaces
+Where things live (imports run down this list, never up):
+  commands   train.py predict.py serve.py audit.py report.py explain.py export.py (each has main(argv))
+  run        loop.py (the training loop)  inference.py (Classifier: photos in, probabilities out)
+             config.py (TrainConfig)  runs.py (metrics.jsonl, val_predictions.jsonl)  gradcam.py
+  pieces     data.py (datasets, splits, batches)  images.py (decode, cache)  augment.py  tta.py
+             features.py (frozen-feature cache)  calibration.py  neither.py  checkpoint.py
+             models.py backbones.py (every model)  distributed.py  runtime.py  progress.py plots.py
+  base       registry.py (create_model)  recipes.py (every default)  files.py  errors.py  cli.py
 """
 
 from classifier.errors import ClassifierError
+from classifier.inference import Classifier
 from classifier.models import create_model, list_models
-from classifier.predict import Classifier
 
 __all__ = ["Classifier", "ClassifierError", "create_model", "list_models"]

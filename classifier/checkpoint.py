@@ -8,6 +8,8 @@ A checkpoint is a dict of plain data and tensors:
   classes        class names, in output order
   preprocessing  Preprocessing.to_dict(): image size, resize mode, normalization
   temperature    the calibration temperature applied to logits by predict (1.0: none)
+  neither        the rule predict flags "neither" photos with (neither.py)
+  saved_at       when the file was written (UTC, ISO 8601)
   epoch, metrics the epoch just finished and its metrics
   config         the training configuration (TrainConfig as a dict)
   training_state optimizer, scheduler, RNG and best-so-far (last.pt only; enough to resume)
@@ -15,8 +17,7 @@ A checkpoint is a dict of plain data and tensors:
 
 from __future__ import annotations
 
-import os
-import tempfile
+import datetime
 import zipfile
 from pathlib import Path
 
@@ -24,38 +25,10 @@ import torch
 from torch import nn
 
 from classifier.errors import ClassifierError
+from classifier.files import atomic_save, load_weights
 from classifier.models import create_model
 
 CHECKPOINT_FORMAT = "catsdogs-classifier/1"
-
-
-def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temporary file, fsync, then rename over `path`.
-
-    Killing the process at any moment leaves either the old file or the new one, never a
-    half-written one. A full disk or an unwritable folder is a ClassifierError naming the file.
-    """
-    path, temporary = Path(path), None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(handle, "wb", buffering=0) as file:  # unbuffered: write errors surface
-            torch.save(obj, file)
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        if temporary:
-            Path(temporary).unlink(missing_ok=True)
-        cause = error if isinstance(error, OSError) else error.__context__  # torch wraps write errors
-        if isinstance(cause, OSError):
-            raise ClassifierError(f"{path}: could not save ({cause.strerror or cause}); "
-                                  f"the previous {path.name}, if any, is unchanged") from None
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, classes: list[str], preprocessing: dict,
@@ -77,6 +50,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, classes: list[str], prep
         "classes": list(classes),
         "preprocessing": dict(preprocessing),
         "temperature": 1.0,
+        "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
     atomic_save(checkpoint, path)
@@ -142,29 +116,3 @@ def model_from_checkpoint(checkpoint: dict, path: str | Path = "checkpoint") -> 
         raise ClassifierError(f"{path}: {error}") from None
     load_weights(model, checkpoint["state_dict"], path)
     return model
-
-
-def load_weights(model: nn.Module, state_dict: dict, path: str | Path, strict: bool = True) -> list[str]:
-    """Load weights, turning shape or name mismatches into one readable error.
-
-    With strict=False, tensors whose shapes differ are left out (and named in the returned
-    list) instead of failing; that is how fine-tuning keeps everything but the output layer.
-    """
-    own = model.state_dict()
-    mismatched = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    if strict and (mismatched or missing or unexpected):
-        problems = []
-        if mismatched:
-            k = mismatched[0]
-            problems.append(f"{len(mismatched)} tensor(s) of another shape, e.g. {k}: "
-                            f"{tuple(state_dict[k].shape)} in the file, {tuple(own[k].shape)} in the model")
-        if missing:
-            problems.append(f"{len(missing)} missing, e.g. {missing[0]}")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
-        raise ClassifierError(f"{path}: weights do not fit this model ({'; '.join(problems)})")
-    kept = {k: v for k, v in state_dict.items() if k in own and k not in mismatched}
-    model.load_state_dict(kept, strict=False)
-    return mismatched + [k for k in missing if k not in mismatched]

@@ -4,6 +4,8 @@
     python -m classifier.export checkpoints/best.pt --format torchscript --out model.ts
     python predict.py photos/ --checkpoint model.onnx      # as best.pt, without test-time sizes
 
+The file is read back by inference.OnnxClassifier.
+
 What the exported model takes and gives:
   input   "images": uint8 RGB [N, 3, S, S], channels first, pixel values 0-255, N any. S and how
           a photo becomes S x S are in the metadata ("preprocessing": image_size, and resize:
@@ -28,19 +30,17 @@ import argparse
 import json
 import sys
 import warnings
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from classifier.data import Preprocessing
+from classifier import neither
+from classifier.cli import run_command
 from classifier.errors import ClassifierError
-from classifier.predict import Classifier, Images
+from classifier.inference import EXPORT_FORMAT, ONNX_HELP, Classifier
 
-EXPORT_FORMAT = "catsdogs-classifier-export/1"
 FORMATS = ("onnx", "torchscript")
-ONNX_HELP = "pip install 'catsdogs-classifier[onnx]' (onnx, onnxscript and onnxruntime)"
 
 
 class ExportedModel(nn.Module):
@@ -51,7 +51,7 @@ class ExportedModel(nn.Module):
         super().__init__()
         self.model = classifier.model
         self.temperature = classifier.temperature
-        self.imagenet = bool(classifier.neither and classifier.neither["method"] == "imagenet")
+        self.imagenet = neither.uses_imagenet(classifier.neither)
         self.register_buffer("mean", torch.tensor(classifier.preprocessing.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(classifier.preprocessing.std).view(1, 3, 1, 1))
 
@@ -114,46 +114,6 @@ def _require_onnx():
     return onnx
 
 
-@dataclass
-class OnnxClassifier(Classifier):
-    """A Classifier whose model is an exported ONNX file run by onnxruntime (on the CPU).
-
-    Same interface as Classifier (predict, predict_paths, outputs, probabilities); `model` is
-    the onnxruntime InferenceSession."""
-
-    @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "OnnxClassifier":
-        _require_onnx()
-        import onnxruntime
-
-        try:
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own types for missing or broken files
-            raise ClassifierError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0][:200]})") from None
-        meta = session.get_modelmeta().custom_metadata_map
-        if meta.get("format") != EXPORT_FORMAT:
-            raise ClassifierError(f"{path}: an ONNX model not exported by `python -m classifier.export` "
-                                  f"(no {EXPORT_FORMAT!r} metadata)")
-        # The exported graph takes image_size inputs only: TTA is the mirror image, no other sizes.
-        preprocessing = replace(Preprocessing(**json.loads(meta["preprocessing"])), tta_sizes=())
-        return cls(session, json.loads(meta["classes"]), preprocessing,
-                   float(meta["temperature"]), torch.device("cpu"), json.loads(meta["neither"]),
-                   tta=json.loads(meta.get("tta", "false")))
-
-    def logits(self, images: Images, tta: bool | None = None, imagenet: bool = False):
-        (images,) = images if isinstance(images, (list, tuple)) else [images]
-        tta = self.tta if tta is None else tta
-        runs = [self._run(images)] + ([self._run(images.flip(-1))] if tta else [])
-        logits = sum(run["logits"] for run in runs) / len(runs)
-        imagenet_logits = sum(run["imagenet_logits"] for run in runs) / len(runs) if imagenet else None
-        return logits, imagenet_logits
-
-    def _run(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        names = [output.name for output in self.model.get_outputs()]
-        values = self.model.run(names, {"images": images.contiguous().numpy()})
-        return {name: torch.from_numpy(value) for name, value in zip(names, values)}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m classifier.export", description=__doc__.split("\n")[0],
                                      epilog="The exported model's inputs, outputs and metadata are "
@@ -162,14 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="file format (default: %(default)s)")
     parser.add_argument("--out", required=True, help="file to write, e.g. model.onnx or model.ts")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         path = export(args.checkpoint, args.out, args.format)
-    except ClassifierError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {path} ({args.format}); try: python predict.py PHOTO --checkpoint {path}"
-          if args.format == "onnx" else f"wrote {path} (torchscript); load with torch.jit.load")
-    return 0
+        print(f"wrote {path} ({args.format}); try: python predict.py PHOTO --checkpoint {path}"
+              if args.format == "onnx" else f"wrote {path} (torchscript); load with torch.jit.load")
+
+    return run_command(run)
 
 
 if __name__ == "__main__":

@@ -1,78 +1,22 @@
-"""The model registry: every model is built, named and saved the same way.
+"""Every model in the registry: the article's MLP and the from-scratch ConvNet here, and the
+pretrained backbones of backbones.py (imported here, so importing this module registers them all).
 
+    from classifier.models import create_model, list_models
     model = create_model("convnet", num_classes=2, channels=(32, 64, 128))
-
-`create_model` records its arguments in `model.model_config`, a plain dict that a checkpoint
-keeps, so `create_model(**model_config)` rebuilds the same network anywhere. Every model also
-has `get_classifier()` (its output layer) and `reset_classifier(num_classes)`, which is how
-fine-tuning swaps the output layer for another set of classes.
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from classifier.backbones import efficientnet_lite0, mobilenet_v3_large, resnet18  # noqa: F401  (registers them)
 from classifier.errors import ClassifierError
+from classifier.registry import ClassifierHead, create_model, list_models, model_arguments, model_entry, register
 
-
-@dataclass
-class ModelEntry:
-    builder: Callable[..., nn.Module]
-    preprocessing: dict = field(default_factory=dict)  # what the model expects, e.g. ImageNet stats
-    pretrained: bool = False  # whether pretrained weights exist for it
-    recommended: dict = field(default_factory=dict)  # TrainConfig values its best recipe uses
-    fixed_size: bool = False  # takes only its image size (no test-time sizes)
-
-
-_REGISTRY: dict[str, ModelEntry] = {}
-
-
-def register(name: str, **entry_options):
-    def add(builder):
-        _REGISTRY[name] = ModelEntry(builder, **entry_options)
-        return builder
-    return add
-
-
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def model_entry(name: str) -> ModelEntry:
-    if name not in _REGISTRY:
-        raise ClassifierError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
-    return _REGISTRY[name]
-
-
-def model_arguments(name: str, settings: dict) -> dict:
-    """Pick, from a dict of settings, the ones model `name` takes (by its builder's signature)."""
-    accepted = inspect.signature(model_entry(name).builder).parameters
-    return {k: v for k, v in settings.items()
-            if k in accepted and k not in ("num_classes", "pretrained", "weights")}
-
-
-def create_model(name: str, num_classes: int = 2, pretrained: bool = False, weights: str = "",
-                 **kwargs) -> nn.Module:
-    """Build a registered model; `pretrained` loads its pretrained weights (backbones only),
-    from the file `weights` when given."""
-    entry = model_entry(name)
-    if (pretrained or weights) and not entry.pretrained:
-        raise ClassifierError(f"model {name!r} has no pretrained weights; train it from scratch")
-    if num_classes < 2:
-        raise ClassifierError(f"a classifier needs at least 2 classes, got {num_classes}")
-    arguments = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
-    try:
-        model = entry.builder(num_classes=num_classes, pretrained=pretrained, weights=weights, **arguments) \
-            if entry.pretrained else entry.builder(num_classes=num_classes, **arguments)
-    except TypeError as error:
-        raise ClassifierError(f"bad arguments for model {name!r}: {error}") from None
-    model.model_config = {"name": name, "num_classes": num_classes, **arguments}
-    return model
+__all__ = ["create_model", "list_models", "model_arguments", "model_entry", "MLP", "ConvNet"]
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -169,6 +113,3 @@ class ConvNet(ClassifierHead, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)))
-
-
-from classifier import backbones  # noqa: E402,F401  (registers the pretrained backbones)

@@ -1,153 +1,29 @@
-"""Inference: a checkpoint and photos in, class probabilities out.
+"""Classify photos from the command line: `python predict.py PHOTOS... [--json]`.
 
-    from classifier import Classifier
-    model = Classifier.load("checkpoints/best.pt")
-    model.predict("cat.jpg")            # {"cat": 0.97, "dog": 0.03}
+    python predict.py cat.jpg photos/ --checkpoint checkpoints/best.pt
+    python predict.py photos/ --output results.jsonl      # streams, resumes if interrupted
 
-`logits_for` is the one place where a batch of decoded images becomes model outputs; the
-training loop's evaluation calls it too, so a model is measured exactly as it is used.
+The model itself, its preprocessing and TTA live in inference.py (Classifier); this module
+finds the files, prints or appends one result per photo, and sets the exit status.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import torch
-from PIL import Image
-from torch import nn
+from tqdm import tqdm
 
-from classifier.calibration import energy_score, imagenet_score
-from classifier.checkpoint import load_checkpoint, model_from_checkpoint
-from classifier.data import Preprocessing, walk_images, decode_stream
+from classifier.cli import add_device_flags, run_command
 from classifier.errors import ClassifierError
-from classifier.runtime import autocast, fuse_batch_norms, resolve_precision, select_device
-
-
-Images = torch.Tensor | list[torch.Tensor]  # a batch, or the same batch at each of Preprocessing.sizes
-
-
-def logits_for(model: nn.Module, images: Images, preprocessing: Preprocessing,
-               tta: bool = False, precision: str = "fp32") -> torch.Tensor:
-    """uint8 images [N, 3, S, S] (on the model's device), or a list of them at several sizes
-    -> logits [N, classes], in float32, averaged over the sizes.
-
-    tta also averages the logits of each image and its mirror image.
-    """
-    return outputs_for(model, images, preprocessing, tta, precision)[0]
-
-
-def outputs_for(model: nn.Module, images: Images, preprocessing: Preprocessing, tta: bool = False,
-                precision: str = "fp32", imagenet: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(logits, ImageNet logits or None): with `imagenet`, a pretrained backbone also gives
-    its original ImageNet classifier's logits (Backbone.forward_all), from the same pass."""
-    batches = [preprocessing.normalize(x) for x in (images if isinstance(images, (list, tuple)) else [images])]
-    forward = model.forward_all if imagenet else lambda inputs: (model(inputs), None)
-    with autocast(batches[0].device, precision):
-        runs = [forward(view) for x in batches for view in ([x, x.flip(-1)] if tta else [x])]
-    average = [None if out[0] is None else sum(o.float() for o in out) / len(out) for out in zip(*runs)]
-    return average[0], average[1]
-
-
-@dataclass
-class Classifier:
-    """A trained model ready to use: weights, class names, preprocessing and temperature."""
-
-    model: nn.Module
-    classes: list[str]
-    preprocessing: Preprocessing
-    temperature: float = 1.0
-    device: torch.device = torch.device("cpu")
-    neither: dict | None = None  # {"method": "imagenet" or "energy", "threshold"}: see calibration.py
-    precision: str = "fp32"  # of the forward pass: fp32, bf16 or fp16 (see runtime.autocast)
-    tta: bool = False  # the default of every method's `tta`: how training evaluated the model, which
-    #                    is what its accuracy, temperature and neither threshold were measured on
-
-    @classmethod
-    def load(cls, path: str | Path = "checkpoints/best.pt", device: str = "auto",
-             precision: str = "auto", fuse: bool = True) -> "Classifier":
-        """A checkpoint (.pt), or an exported ONNX model (.onnx, run by onnxruntime on the CPU).
-        precision auto: bf16 where the device computes it natively, as training does.
-        fuse: fold batch norms into convolutions (runtime.fuse_batch_norms): faster, same
-        outputs; off to see the layers as trained (explain)."""
-        if Path(path).suffix.lower() == ".onnx":
-            from classifier.export import OnnxClassifier
-
-            return OnnxClassifier.load(path)
-        device = select_device(device)
-        checkpoint = load_checkpoint(path)
-        model = model_from_checkpoint(checkpoint, path).eval()
-        model = (fuse_batch_norms(model) if fuse else model).to(device, memory_format=torch.channels_last)
-        return cls(model, checkpoint["classes"], Preprocessing(**checkpoint["preprocessing"]),
-                   float(checkpoint.get("temperature", 1.0)), device, checkpoint.get("neither"),
-                   resolve_precision(precision, device), bool(checkpoint.get("config", {}).get("tta", False)))
-
-    def decode(self, source: str | Path | Image.Image, tta: bool | None = None) -> list[torch.Tensor]:
-        """One photo -> the uint8 tensors a prediction takes: at the image size and, with
-        `tta`, at each of the model's test-time sizes. tta None: self.tta, in every method."""
-        return [p.decode(source) for p in self.preprocessing.sizes(self.tta if tta is None else tta)]
-
-    def probabilities(self, images: Images, tta: bool | None = None) -> torch.Tensor:
-        """uint8 images [N, 3, S, S] (or a list of them, one per test-time size) -> probabilities [N, classes]."""
-        return self.outputs(images, tta, known=False)[0]
-
-    @torch.inference_mode()
-    def outputs(self, images: Images, tta: bool | None = None, known: bool = True):
-        """uint8 images -> (probabilities [N, classes], known scores [N] or None): how much each
-        image looks like the trained classes; below self.neither["threshold"] it is neither."""
-        known = known and self.neither is not None
-        imagenet = known and self.neither["method"] == "imagenet"
-        logits, imagenet_logits = self.logits(images, tta, imagenet)
-        probabilities = (logits / self.temperature).softmax(dim=1).cpu()
-        if not known:
-            return probabilities, None
-        return probabilities, (imagenet_score(imagenet_logits) if imagenet else energy_score(logits)).cpu()
-
-    def logits(self, images: Images, tta: bool | None = None, imagenet: bool = False):
-        """uint8 images -> (logits, ImageNet logits or None), float32, before the temperature."""
-        tta = self.tta if tta is None else tta
-        images = [x.to(self.device).contiguous(memory_format=torch.channels_last)  # as the weights
-                  for x in (images if isinstance(images, (list, tuple)) else [images])]
-        return outputs_for(self.model, images, self.preprocessing, tta, self.precision, imagenet)
-
-    def predict(self, image: str | Path | Image.Image, tta: bool | None = None) -> dict[str, float]:
-        """One photo (a path or a PIL image) -> {class name: probability}."""
-        probabilities = self.probabilities([x[None] for x in self.decode(image, tta)], tta)[0]
-        return dict(zip(self.classes, probabilities.tolist()))
-
-    def predict_paths(self, paths: Iterable[str], batch_size: int = 64, tta: bool | None = None,
-                      workers: int | None = None) -> Iterator[dict]:
-        """Yield one result per path, in order: {"path", "label", "probabilities"} or
-        {"path", "error"}. Decoding runs ahead in threads; one bad file stops nothing."""
-        pending: list[tuple[str, list[torch.Tensor]]] = []
-
-        def flush():
-            sizes = zip(*(tensors for _, tensors in pending))  # each photo's tensors, regrouped by size
-            probabilities, scores = self.outputs([torch.stack(batch) for batch in sizes], tta)
-            for i, ((path, _), row) in enumerate(zip(pending, probabilities.tolist())):
-                result = {"path": path, "label": self.classes[max(range(len(row)), key=row.__getitem__)],
-                          "probabilities": {c: round(p, 6) for c, p in zip(self.classes, row)}}
-                if scores is not None:  # "neither": the photo shows none of the trained classes
-                    result["known_score"] = round(scores[i].item(), 6)
-                    result["neither"] = scores[i].item() < self.neither["threshold"]
-                    result["label"] = "neither" if result["neither"] else result["label"]
-                yield result
-            pending.clear()
-
-        for path, tensors, error in decode_stream(paths, lambda source: self.decode(source, tta), workers):
-            if error is not None:
-                if pending:
-                    yield from flush()
-                yield {"path": str(path), "error": error}
-                continue
-            pending.append((str(path), tensors))
-            if len(pending) == batch_size:
-                yield from flush()
-        if pending:
-            yield from flush()
+from classifier.gradcam import HeatmapWriter
+from classifier.images import walk_images
+from classifier.inference import Classifier
+from classifier.progress import progress
 
 
 def expand_paths(paths: Iterable[str]) -> Iterator[str]:
@@ -189,7 +65,64 @@ def format_result(result: dict) -> str:
     return f"{result['label']:<8} {probabilities}  {result['path']}"
 
 
-if __name__ == "__main__":
-    from classifier.cli import predict_main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="predict.py", description="Classify photos with a trained checkpoint.")
+    parser.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    parser.add_argument("--checkpoint", default="checkpoints/best.pt", help="checkpoint to use, .pt or .onnx (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=0, help="decoding threads, 0 for one per core (default: %(default)s)")
+    parser.add_argument("--output", metavar="FILE.jsonl", default="",
+                        help="append one JSON object per image to FILE instead of printing; a rerun "
+                             "skips the images already in FILE, so an interrupted run resumes")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each image with its mirror image, and with the image decoded at the "
+                             "checkpoint's test-time sizes if it has any; --no-tta: one pass, faster, less "
+                             "accurate (default: as training evaluated the checkpoint, which is what its "
+                             "accuracy, temperature and neither threshold were measured on)")
+    add_device_flags(parser)
+    parser.add_argument("--explain", metavar="DIR", default="",
+                        help="also write a Grad-CAM heatmap for each image, DIR/<image name>.png (needs matplotlib)")
+    return parser.parse_args(argv)
 
-    sys.exit(predict_main())
+
+def emit(result: dict, args: argparse.Namespace, saved) -> None:
+    """Print a result (or append it to --output), keeping the progress bar out of the way."""
+    if saved:
+        saved.write(json.dumps(result) + "\n")
+        saved.flush()
+        if "error" not in result:
+            return
+        line, stream = format_result(result), sys.stderr
+    else:
+        line = json.dumps(result) if args.json else format_result(result)
+        stream = sys.stderr if "error" in result and not args.json else sys.stdout
+    with tqdm.external_write_mode(file=sys.stderr):  # a bar on the terminal steps aside for the line
+        print(line, file=stream, flush=True)
+
+
+def classify(args: argparse.Namespace) -> int:
+    classifier = Classifier.load(args.checkpoint, args.device, args.precision)
+    heatmaps = HeatmapWriter(classifier, args.explain) if args.explain else None
+    done = completed_paths(args.output) if args.output else set()
+    paths = [path for path in expand_paths(args.paths) if path not in done]
+    failures = 0
+    results = classifier.predict_paths(paths, args.batch_size, args.tta, args.workers or None)
+    with open(args.output, "a") if args.output else contextlib.nullcontext() as saved:
+        for result in progress(results, "predict", total=len(paths), leave=True):
+            failures += "error" in result
+            if heatmaps and "error" not in result:
+                result["heatmap"] = str(heatmaps.write(result["path"]))
+            emit(result, args, saved)
+    if args.output:
+        print(f"{len(paths) - failures} classified, {failures} unreadable, {len(done)} already in "
+              f"{args.output}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(classify, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,186 +1,38 @@
 """How training went, as one HTML page: `python -m classifier.report RUN_DIR`.
 
-Training writes what the report reads into its output folder (RUN_DIR):
-
-  metrics.jsonl           one line per epoch: train loss and accuracy, learning rate; val loss
-                          and accuracy after evaluated epochs (--eval-every)
-  val_predictions.jsonl   one line per validation image, from the best checkpoint's epoch:
-                          path, true label, the probability of every class
-
-The report (RUN_DIR/report/ unless --out says otherwise) holds loss and accuracy curves, the
-learning rate, a confusion matrix, per-class precision / recall / F1, a reliability diagram,
-and galleries of the most confident mistakes and the least confident correct answers.
-Each figure is a PNG next to report.html, which also embeds them so it can travel alone;
-report.json has the numbers. Drawing needs matplotlib (`pip install .[viz]`).
+The report (RUN_DIR/report/ unless --out says otherwise) reads what training wrote (runs.py)
+and holds loss and accuracy curves, the learning rate, a confusion matrix, per-class
+precision / recall / F1, a reliability diagram, and galleries of the most confident mistakes
+and the least confident correct answers. Each figure is a PNG next to report.html, which also
+embeds them so it can travel alone; report.json has the numbers. Drawing needs matplotlib
+(`pip install .[viz]`).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import html
 import json
-import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from classifier.calibration import expected_calibration_error
-from classifier.checkpoint import load_checkpoint
-from classifier.data import DecodedImages, Preprocessing, decode_sizes, find_dataset, open_image
+from classifier.cli import run_command
 from classifier.errors import ClassifierError
-from classifier.predict import Classifier
+from classifier.images import open_image
+from classifier.plots import figure, require_matplotlib, save_figure
+from classifier.runs import Predictions, read_metrics, read_predictions
 
-METRICS_FILE = "metrics.jsonl"
-PREDICTIONS_FILE = "val_predictions.jsonl"
-DPI = 100
 # Pixel sizes of the figures (width, height); a gallery is GALLERY_ROW high per row of images.
 CURVES_SIZE = (1200, 360)
 MATRIX_SIZE = (460, 420)
 RELIABILITY_SIZE = (460, 460)
 GALLERY_WIDTH, GALLERY_ROW, GALLERY_COLUMNS = 800, 230, 4
 RELIABILITY_BINS = 15  # as calibration.expected_calibration_error, which train.py logs
-
-
-def require_matplotlib() -> None:
-    """Raise ClassifierError saying what to install when matplotlib is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ClassifierError(
-            "drawing figures needs matplotlib: pip install .[viz] (or pip install matplotlib)") from None
-
-
-def figure(width: int, height: int):
-    """A matplotlib Figure of exactly width x height pixels, drawn with Agg (no display needed)."""
-    require_matplotlib()
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
-
-
-def save_figure(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
-
-
-# --------------------------------------------------------------------------- what training writes
-
-
-def write_predictions(run_dir: str | Path, val_sizes: list[DecodedImages], tta: bool = False,
-                      device: str = "auto", batch_size: int = 256,
-                      probabilities: torch.Tensor | None = None) -> Path:
-    """Classify the decoded validation images (val_sizes: at each test-time size, as
-    decode_sizes gives them) with run_dir/best.pt (through Classifier, the one inference
-    path) and write val_predictions.jsonl: one JSON line per image with its
-    path, true label, every class's probability as predict gives it (divided by best.pt's
-    calibration temperature), that temperature, and best.pt's epoch. Training passes the
-    `probabilities` it already computed for best.pt, sparing a second pass over val."""
-    checkpoint = Path(run_dir) / "best.pt"
-    saved = load_checkpoint(checkpoint)
-    classifier = Classifier.load(checkpoint, device, saved.get("config", {}).get("precision", "fp32"),
-                                 fuse=False)  # as training evaluated it: the same numbers, to the last bit
-    epoch = saved["epoch"]
-    val_images = val_sizes[0]
-    if probabilities is None:
-        probabilities = torch.cat([classifier.probabilities([v.images[i:i + batch_size] for v in val_sizes], tta)
-                                   for i in range(0, len(val_images), batch_size)])
-    probabilities = probabilities.double()
-    path = Path(run_dir) / PREDICTIONS_FILE
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as file:
-        for image, label, row in zip(val_images.paths, val_images.labels.tolist(), probabilities.tolist()):
-            file.write(json.dumps({"path": os.path.abspath(image), "label": classifier.classes[label],
-                                   "label_index": label, "epoch": epoch,
-                                   "temperature": classifier.temperature,
-                                   "probabilities": dict(zip(classifier.classes, row))}) + "\n")
-    os.replace(temporary, path)
-    return path
-
-
-def predict_validation(run_dir: str | Path) -> Path:
-    """Write val_predictions.jsonl for a run that has best.pt but none (an older or stopped run):
-    the validation images are found again from the data settings best.pt records."""
-    checkpoint = load_checkpoint(Path(run_dir) / "best.pt")
-    config = checkpoint["config"]
-    dataset = find_dataset(config["data"], config["val_fraction"], config["seed"])
-    if dataset.classes != checkpoint["classes"]:
-        raise ClassifierError(f"{config['data']} now has classes {dataset.classes}, but "
-                              f"{run_dir}/best.pt was trained on {checkpoint['classes']}")
-    tta = config.get("tta", False)
-    val_sizes = decode_sizes(dataset.val.paths, dataset.val.labels, Preprocessing(**checkpoint["preprocessing"]),
-                             tta, config.get("cache_dir") or None, desc="decoding val")
-    return write_predictions(run_dir, val_sizes, tta)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The per-epoch metrics of the latest run in run_dir (an earlier run's lines are dropped)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        raise ClassifierError(f"{run_dir}: no {METRICS_FILE}; pass the folder a training run "
-                              f"wrote to (train.py --out)")
-    runs: list[list[dict]] = [[]]
-    for line in path.read_text().splitlines():
-        if line.strip():
-            entry = json.loads(line)
-            if runs[-1] and entry["epoch"] <= runs[-1][-1]["epoch"]:
-                runs.append([])  # the epoch count started again: a new run in the same folder
-            runs[-1].append(entry)
-    if not runs[-1]:
-        raise ClassifierError(f"{path}: holds no epochs yet")
-    return runs[-1]
-
-
-@dataclass
-class Predictions:
-    """Validation predictions: probabilities [N, classes] (after the calibration temperature),
-    true labels [N], image paths."""
-
-    classes: list[str]
-    paths: list[str]
-    labels: torch.Tensor
-    probabilities: torch.Tensor
-    epoch: int
-    temperature: float = 1.0
-
-    @property
-    def uncalibrated(self) -> torch.Tensor:
-        """The probabilities before the temperature: softmax(z / T) ** T, renormalized, is softmax(z)."""
-        raw = self.probabilities.pow(self.temperature)
-        return raw / raw.sum(dim=1, keepdim=True)
-
-    @property
-    def predicted(self) -> torch.Tensor:
-        return self.probabilities.argmax(dim=1)
-
-    @property
-    def confidence(self) -> torch.Tensor:
-        return self.probabilities.amax(dim=1)
-
-
-def read_predictions(run_dir: str | Path) -> Predictions:
-    """The run's validation predictions; made from best.pt first when training did not write
-    them, or wrote them before best.pt last changed (a run stopped early)."""
-    path, best = Path(run_dir) / PREDICTIONS_FILE, Path(run_dir) / "best.pt"
-    if best.is_file() and (not path.is_file() or path.stat().st_mtime < best.stat().st_mtime):
-        predict_validation(run_dir)
-    elif not path.is_file():
-        raise ClassifierError(f"{run_dir}: neither {PREDICTIONS_FILE} nor best.pt; pass the "
-                              f"folder a training run wrote to (train.py --out)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not rows:
-        raise ClassifierError(f"{path}: holds no predictions")
-    classes = list(rows[0]["probabilities"])
-    return Predictions(
-        classes, [r["path"] for r in rows], torch.tensor([r["label_index"] for r in rows]),
-        torch.tensor([[r["probabilities"][c] for c in classes] for r in rows], dtype=torch.float64),
-        rows[0]["epoch"], rows[0].get("temperature", 1.0))
-
-
-# --------------------------------------------------------------------------- the numbers
 
 
 def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -426,7 +278,23 @@ def render_html(run_dir: Path, summary: dict, figures: dict[str, Path]) -> str:
             f"<h1>Training report: {html.escape(run_dir.name)}</h1>{body}</body></html>\n")
 
 
-if __name__ == "__main__":
-    from classifier.cli import report_main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m classifier.report",
+        description="Write an HTML report of a training run: loss, accuracy and learning-rate "
+                    "curves, confusion matrix, per-class precision / recall / F1, reliability "
+                    "diagram, and galleries of confident mistakes and unsure correct answers.")
+    parser.add_argument("run_dir", help="a training output folder (train.py --out): metrics.jsonl, "
+                                        "val_predictions.jsonl or best.pt")
+    parser.add_argument("--out", default="", help="folder for report.html, its PNGs and report.json (default: RUN_DIR/report)")
+    parser.add_argument("--gallery", type=int, default=8, help="images in each gallery (default: %(default)s)")
+    return parser.parse_args(argv)
 
-    sys.exit(report_main())
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_command(lambda: print(f"wrote {build_report(args.run_dir, args.out or None, args.gallery)}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

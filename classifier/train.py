@@ -1,227 +1,49 @@
-"""The training loop: forward, loss, backward, step; evaluate; checkpoint. Plain PyTorch.
+"""Train a classifier: `python train.py --data DIR` (every flag: `python train.py --help`).
 
-    python train.py --data DIR --model convnet --epochs 30
+    train(config)
+      set up:   resume? -> recipe -> data (decoded once) -> model -> optimizer, schedule, EMA
+      loop:     train_one_epoch -> evaluate, calibrate -> metrics.jsonl, best.pt, last.pt
+      finish:   val_predictions.jsonl (and the report with --report)
 
-Every setting is a field of TrainConfig; the command line is generated from it and a
-checkpoint stores it, so a run can always be repeated or resumed with the same settings.
-
-Randomness (shuffling, augmentation, dropout) is drawn from generators seeded by
-(seed, epoch, step), so a run interrupted at any step and resumed gives the same weights
-and the same metrics as one that never stopped.
+The loop itself is loop.py; settings are config.py's TrainConfig, filled from recipes.py.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import math
-import shutil
-import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
-from tqdm import tqdm
 
-from classifier import distributed
-from classifier.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
-from classifier.data import (MIXING, Augmentation, Batches, Preprocessing, augment, check_usable,
-                             decode_images, decode_sizes, default_cache_dir, default_data_dir, find_dataset, mix)
+from classifier import distributed, recipes
+from classifier.augment import Augmentation, augment, mix
+from classifier.calibration import calibrate
+from classifier.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from classifier.cli import add_config_flags, run_command
+from classifier.config import TrainConfig
+from classifier.data import Batches, CachedImageFolder, Dataset, check_usable, find_dataset
 from classifier.errors import ClassifierError
+from classifier.features import compute_features, feature_views, uses_cached_features
+from classifier.files import check_free_space, check_writable, load_weights
+from classifier.images import Preprocessing
+from classifier.loop import (StopSignal, Trainer, TrainState, evaluate, make_ema, make_optimizer, make_schedule,
+                             train_one_epoch)
 from classifier.models import create_model, list_models, model_arguments, model_entry
-from classifier.predict import logits_for
-from classifier.calibration import calibrate, neither_rule
-from classifier.transfer import caches_features, cached_features, flatten_views, tail_logits
-from classifier.report import build_report, require_matplotlib, write_predictions
-from classifier.runtime import PRECISIONS, autocast, compile_model, grad_scaler, memory_format, resolve_precision
+from classifier.neither import neither_rule
+from classifier.plots import require_matplotlib
+from classifier.report import build_report
+from classifier.runs import append_metrics, write_predictions
+from classifier.runtime import compile_model, grad_scaler, memory_format, resolve_precision
+from classifier.tta import average, decodings, model_outputs
 
 
-def option(default, help: str, **extra):
-    """A TrainConfig field: its default and the --help text of its command-line flag."""
-    factory = (lambda: default) if isinstance(default, (list, tuple)) else None
-    kwargs = {"default_factory": factory} if factory else {"default": default}
-    return field(metadata={"help": help, **extra}, **kwargs)
-
-
-def model_option(fallback, help: str, **extra):
-    """A TrainConfig field whose default depends on the model: None (not set) until train()
-    resolves it to the model's recommended value with --pretrained, else to `fallback`."""
-    return field(default=None, metadata={"help": help, "fallback": fallback, **extra})
-
-
-@dataclass
-class TrainConfig:
-    # data
-    data: str = option(default_data_dir(), "image folder (train/ and val/, class folders, or cat.1.jpg files)")
-    val_fraction: float = option(0.2, "share of each class held out for validation when DIR has no val/")
-    image_size: int = model_option(80, "images are resized to this many pixels square")
-    cache_dir: str = option(default_cache_dir(), "where decoded images are cached ('' to disable)")
-    workers: int = option(0, "decoding threads (0: one per CPU core)")
-    # model
-    model: str = option("convnet", "model name, see --list-models")
-    pretrained: bool = option(False, "start from the model's pretrained weights (backbones only)")
-    weights: str = option("", "backbones: load the pretrained weights from this local file (no download)")
-    finetune: str = model_option("full", "backbones: what trains; probe: the output layer only, on cached "
-                                 "features; last: the last --finetune-stages stages too; full: everything",
-                                 choices=("probe", "last", "full"))
-    finetune_stages: int = model_option(2, "backbones with --finetune last: how many final stages train")
-    views: int = model_option(1, "probe/last: cached views of each training image (the image, its mirror "
-                              "image, then random crops and flips), computed once")
-    backbone_lr: float = model_option(1.0, "learning rate of pretrained layers, as a fraction of --lr")
-    hidden: tuple = option((512, 128), "mlp: hidden layer sizes, comma-separated ('' for none)")
-    activation: str = option("relu", "mlp: activation function", choices=("relu", "sigmoid", "tanh", "gelu"))
-    channels: tuple = option((32, 64, 128, 256), "convnet: channels of each stage")
-    blocks: int = option(1, "convnet: residual blocks per stage")
-    dropout: float = option(0.2, "convnet: dropout before the output layer")
-    # optimization
-    loss: str = option("ce", "ce: cross-entropy; mse: squared error of softmax probabilities", choices=("ce", "mse"))
-    label_smoothing: float = model_option(0.1, "ce: weight moved from the true class to all classes")
-    optimizer: str = model_option("sgd", "optimizer", choices=("sgd", "adamw"))
-    lr: float = model_option(0.03, "peak learning rate")
-    momentum: float = option(0.9, "sgd momentum (0 for plain gradient descent)")
-    nesterov: bool = option(True, "sgd: Nesterov momentum")
-    weight_decay: float = model_option(8e-3, "weight decay (not applied to biases and norm layers)")
-    schedule: str = option("cosine", "learning rate after warmup", choices=("cosine", "constant"))
-    warmup_epochs: float = model_option(2.0, "epochs of linear learning-rate warmup")
-    epochs: int = model_option(90, "passes over the training images")
-    batch_size: int = model_option(64, "images per step (per process under torchrun: the global batch is N times larger)")
-    augment: bool = option(True, "random resized crops and flips while training")
-    min_scale: float = option(0.35, "smallest share of the image area a random crop keeps")
-    mixing: str = option("none", "blend pairs of training images and their labels: mixup (whole images) or "
-                         "cutmix (a pasted rectangle); not with cached features", choices=MIXING)
-    ema: float = model_option(0.999, "decay of a moving average of the weights that is evaluated and saved instead of the raw weights (0: off)")
-    tta: bool = model_option(True, "evaluate on each image and its mirror image, averaged")
-    tta_sizes: tuple = model_option((), "with --tta, also evaluate each image decoded at these sizes "
-                                    "(comma-separated; larger ones show more detail), averaged; stored in "
-                                    "the checkpoint for predict --tta. Unset, a model that takes any size and "
-                                    "trains on random crops gets the size at which things look as large as "
-                                    "in its crops (101 for 80 px crops with --min-scale 0.35)")
-    eval_every: int = option(0, "evaluate on val every N epochs and after the last (0: every epoch in runs "
-                             "of up to 10 epochs, else about 10 times per run)")
-    # run
-    seed: int = option(0, "seed for the split, initialization, shuffling and augmentation")
-    device: str = option("auto", "auto, cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
-    precision: str = option("auto", "fp32; bf16 autocast; fp16 autocast with gradient scaling (CUDA only); "
-                            "auto: bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16 "
-                            "or AMX), else fp32", choices=PRECISIONS)
-    channels_last: bool = option(True, "keep images and convolution weights in NHWC order (1.3x faster training "
-                                 "on this project's CPU, and on GPUs with tensor cores; same numbers)")
-    compile: bool = option(False, "torch.compile the model: slow first steps, faster after (mostly on GPUs)")
-    out: str = option("checkpoints", "output folder for best.pt, last.pt and metrics.jsonl")
-    report: bool = option(False, "at the end, write OUT/report/report.html: curves, confusion matrix, calibration, mistakes (needs matplotlib)")
-    init: str = option("", "start from this checkpoint's weights (fine-tuning; new classes get a new output layer)")
-    freeze: bool = option(False, "train only the output layer (with --init or --pretrained)")
-    resume: str = option("", "continue an interrupted run from its last.pt")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    def resolved(self) -> "TrainConfig":
-        """Fill the model-dependent settings left unset: a pretrained model's recommended recipe
-        (ModelEntry.recommended; with --init, that of the checkpoint's model when it was
-        pretrained), otherwise each field's fallback; test-time sizes as --help says."""
-        name, pretrained = self.model, self.pretrained or bool(self.weights)
-        if self.init:
-            checkpoint = load_checkpoint(self.init)
-            used = checkpoint.get("config", {})
-            name, pretrained = checkpoint["model"]["name"], bool(used.get("pretrained") or used.get("weights"))
-        recommended = model_entry(name).recommended if pretrained else {}
-        unset = {f.name: recommended.get(f.name, f.metadata["fallback"]) for f in fields(self)
-                 if "fallback" in f.metadata and getattr(self, f.name) is None}
-        config = replace(self, model=name, **unset)
-        if self.tta_sizes is None:
-            config.tta_sizes = default_tta_sizes(config, recommended)
-        return config
-
-
-def default_tta_sizes(config: TrainConfig, recommended: dict) -> tuple:
-    """Test-time sizes when --tta-sizes is not given: the recommended ones if the model trains at
-    its recommended size; for a model that takes any size and trains on random crops only, the
-    size at which things look as large as in the crops (see Augmentation.mean_zoom); else none."""
-    if "tta_sizes" in recommended and config.image_size == recommended.get("image_size"):
-        return tuple(recommended["tta_sizes"])
-    crops_only = config.augment and config.finetune == "full"  # what every training step sees
-    if crops_only and config.model in list_models() and not model_entry(config.model).fixed_size:
-        zoomed = Augmentation(config.min_scale).source_size(config.image_size)  # (unknown models are
-        return (zoomed,) if zoomed > config.image_size else ()  # reported later, naming the checkpoint)
-    return ()
-
-
-def evaluates_after(epoch: int, config: TrainConfig) -> bool:
-    """Whether val is evaluated (and best.pt possibly saved) after this 1-based epoch."""
-    every = config.eval_every or math.ceil(config.epochs / 10)
-    return epoch % every == 0 or epoch == config.epochs
-
-
-def compute_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
-    """ce: cross-entropy; mse: the article's error, mean squared difference between the
-    softmax probabilities and the one-hot target. targets: class indices [N], or class
-    probabilities [N, classes] (mixed images)."""
-    if kind == "ce":
-        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-    if targets.ndim == 1:
-        targets = F.one_hot(targets, logits.shape[1]).float()
-    return F.mse_loss(logits.softmax(dim=1), targets)
-
-
-def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Weight decay on weights, not on biases and norm layers; the output layer at --lr, the
-    other (pretrained) layers at --lr times --backbone-lr."""
-    head = {id(p) for p in model.get_classifier().parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if (p.ndim > 1) == decay and (id(p) in head) == in_head],
-               "weight_decay": config.weight_decay if decay else 0.0,
-               "lr": config.lr * (1.0 if in_head else config.backbone_lr)}
-              for in_head in (True, False) for decay in (True, False)]
-    groups = [group for group in groups if group["params"]]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                               nesterov=config.nesterov and config.momentum > 0)
-    return torch.optim.AdamW(groups, lr=config.lr)
-
-
-def make_schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
-    """Linear warmup, then cosine decay to zero (or constant), updated every step."""
-    warmup = max(1, round(config.warmup_epochs * steps_per_epoch))
-    total = max(config.epochs * steps_per_epoch, warmup + 1)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if config.schedule == "constant":
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-@torch.inference_mode()
-def evaluate(model, batches: list[Batches], preprocessing, device, config: TrainConfig, logits_fn=None) -> dict:
-    """Loss and accuracy on images the model does not train on, and the logits and labels.
-    `batches`: the same images at each test-time size (one Batches each, in step).
-    `logits_fn` replaces logits_for when the batches hold cached features."""
-    model.eval()
-    total_loss, correct, seen, outputs = 0.0, 0, 0, ([], [])
-    for sizes in zip(*batches):
-        images, labels = [x.to(device) for x, _ in sizes], sizes[0][1].to(device)
-        logits = logits_fn(images) if logits_fn else logits_for(model, images, preprocessing, config.tta,
-                                                                  config.precision)
-        total_loss += compute_loss(config.loss, logits, labels).item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += len(labels)
-        outputs[0].append(logits.cpu())
-        outputs[1].append(labels.cpu())
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1),
-            "logits": torch.cat(outputs[0]), "labels": torch.cat(outputs[1])}
-
-
-def build_model(config: TrainConfig, classes: list[str]):
+def build_model(config: TrainConfig, classes: list[str]) -> tuple[nn.Module, Preprocessing]:
     """The model and its preprocessing: new, pretrained, or from --init's checkpoint."""
     if not config.init:
         entry = model_entry(config.model)
@@ -246,285 +68,299 @@ def freeze_all_but_classifier(model: nn.Module) -> None:
         parameter.requires_grad = True
 
 
-def set_train_mode(model: nn.Module, frozen: bool) -> None:
-    """Training mode; a frozen body stays in eval mode so its batch-norm statistics stay put."""
-    model.train(not frozen)
-    model.get_classifier().train()
+def load_splits(config: TrainConfig, dataset: Dataset, preprocessing: Preprocessing, crops: Augmentation | None,
+                session: distributed.Session) -> tuple[CachedImageFolder, list[CachedImageFolder]]:
+    """The training photos decoded once (larger when random crops are cut from them at every
+    step: Augmentation.source_size), and the val photos at every test-time decoding."""
+    train_size = crops.source_size(config.image_size) if crops else config.image_size
+    options = dict(dataset=dataset, cache_dir=config.cache_dir or None, workers=config.workers or None)
+    with session.main_first():  # in a distributed run, rank 0 fills the cache for the others
+        train = CachedImageFolder(config.data, "train", train_size, preprocessing.resize, **options)
+        val = [CachedImageFolder(config.data, "val", p.image_size, p.resize, **options)
+               for p in decodings(preprocessing, config.tta)]
+    return train, val
 
 
-def check_writable(folder: Path) -> None:
-    """Fail before training, not after an hour, if checkpoints cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_bytes(b"0" * 4096)
-        probe.unlink()
-    except OSError as error:
-        raise ClassifierError(f"{folder}: cannot write checkpoints there ({error.strerror or error})") from None
+def report_skipped(out: Path, splits: list[CachedImageFolder], session: distributed.Session) -> None:
+    """List the unreadable files of this run in OUT/skipped.txt (never an earlier run's)."""
+    skipped = [reason for split in splits for _, reason in split.skipped]
+    if session.is_main:
+        (out / "skipped.txt").unlink(missing_ok=True)
+        if skipped:
+            (out / "skipped.txt").write_text("".join(f"{reason}\n" for reason in skipped))
+            print(f"skipped {len(skipped)} unreadable image(s), listed in {out / 'skipped.txt'}")
 
 
-def check_free_space(folder: Path, model: nn.Module) -> None:
-    """Fail before training if the disk cannot hold best.pt, last.pt (weights plus optimizer
-    state) and the temporary copy written while saving: about four times the weights."""
-    need = 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    free = shutil.disk_usage(folder).free
-    if free < need:
-        raise ClassifierError(f"{folder}: only {free / 1e6:.1f} MB free, checkpoints need about "
-                              f"{need / 1e6:.1f} MB; free some space or choose another --out")
+@dataclass
+class Pipeline:
+    """What feeds the loop: training inputs, how a batch of them is prepared and run, and how
+    evaluation gets averaged logits from val inputs at every test-time size."""
+
+    train_inputs: tuple[torch.Tensor, torch.Tensor]
+    val_inputs: list[tuple[torch.Tensor, torch.Tensor]]
+    prepare: Callable
+    forward: Callable
+    logits_of: Callable[[nn.Module], Callable]
 
 
-def ema_update(decay: float):
-    """An AveragedModel update: exponential moving average whose decay grows to `decay` as
-    (1 + n) / (10 + n) over the first updates, so early averages are not dominated by the
-    random initialization."""
+def image_pipeline(config: TrainConfig, trainee: nn.Module, preprocessing: Preprocessing, crops: Augmentation | None,
+                   train: CachedImageFolder, val: list[CachedImageFolder], session: distributed.Session) -> Pipeline:
+    """Photos: each step crops, flips and mixes the batch, then runs the whole model."""
+    layout, shard = memory_format(config.channels_last), {"rank": session.rank, "world_size": session.world_size}
 
-    def update(averaged: list, current: list, updates) -> None:
-        n = float(updates)
-        if averaged[0].is_floating_point():  # called once per dtype; counters are copied as they are
-            torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
-        else:
-            torch._foreach_copy_(averaged, current)
+    def prepare(images, labels, generator):
+        x = augment(images, generator, crops, **shard, size=config.image_size) if crops else images
+        if config.mixing != "none":
+            x, labels = mix(x, labels, len(train.classes), config.mixing, generator)
+        return preprocessing.normalize(x).contiguous(memory_format=layout), labels
 
-    return update
+    def logits_of(model):
+        return lambda sizes: model_outputs(model, sizes, preprocessing, config.tta, config.precision)[0]
 
-
-def step_seed(seed: int, epoch: int, step: int) -> int:
-    return (seed * 1_000_003 + epoch) * 100_003 + step
+    return Pipeline((train.images, train.targets), [(v.images, v.targets) for v in val], prepare, trainee, logits_of)
 
 
-class StopSignal:
-    """While active, Ctrl-C (SIGINT) and SIGTERM ask the loop to stop after the current step,
-    so the state it saves is consistent; a second Ctrl-C stops at once."""
+def feature_pipeline(config: TrainConfig, model: nn.Module, preprocessing: Preprocessing, crops: Augmentation | None,
+                     train: CachedImageFolder, val: list[CachedImageFolder], device: torch.device) -> Pipeline:
+    """Frozen leading stages: run them once over every view of every photo, then train the tail."""
+    views = config.views if crops else 1  # the image, its mirror image, then random crops and flips
+    features = compute_features(model, train.decoded(), preprocessing, device, views, flip=views > 1, policy=crops,
+                                seed=config.seed, precision=config.precision, desc="features of train views")
+    val_features = [compute_features(model, v.decoded(), preprocessing, device, flip=config.tta,
+                                     precision=config.precision, desc="features of val") for v in val]
 
-    def __init__(self):
-        self.requested = ""
+    def logits_of(inference_model):
+        return lambda sizes: average(lambda f: (inference_model.tail(f),), feature_views(sizes))[0]
 
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def __enter__(self):
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+    return Pipeline(features.examples(), [(f.values, f.labels) for f in val_features],
+                    lambda x, labels, generator: (x.float(), labels), model.tail, logits_of)
 
 
-def train(config: TrainConfig) -> dict:
-    """Run a whole training; returns the final epoch's metrics."""
-    started_run = time.perf_counter()
-    resume_state = None
-    if config.resume:
-        resumed = load_checkpoint(config.resume)
-        if "training_state" not in resumed:
-            raise ClassifierError(f"{config.resume}: holds no training state; resume from a last.pt")
-        config = TrainConfig.from_dict({**resumed["config"], "resume": config.resume})
-        resume_state = resumed["training_state"]
-    config = config.resolved()  # a copy: the batch size may be lowered below; leave the caller's alone
+@dataclass
+class Run:
+    """What a training run carries from start to end, besides the loop's TrainState."""
 
-    torch.manual_seed(config.seed)
-    session = distributed.start(config.device)
-    device = session.device
-    config.precision = resolve_precision(config.precision, device)  # what checkpoints record
+    config: TrainConfig
+    session: distributed.Session
+    out: Path
+    classes: list[str]
+    preprocessing: Preprocessing
+    trainer: Trainer
+    pipeline: Pipeline
+    val_sets: list[CachedImageFolder]
+    calibrated: dict = field(default_factory=dict)  # temperature, calibration, neither rule of the latest val
+    best_probabilities: torch.Tensor | None = None  # best.pt's calibrated val probabilities
+
+    @property
+    def inference_model(self) -> nn.Module:
+        """What is evaluated and saved: the moving average of the weights, if any."""
+        return self.trainer.ema.module if self.trainer.ema else self.trainer.model
+
+
+def save(run: Run, state: TrainState, name: str, metrics: dict, with_state: bool) -> None:
+    """best.pt (no training state) or last.pt (enough to resume), from the first process only."""
+    if not run.session.is_main:
+        return
+    trainer = run.trainer
+    extra = {"epoch": state.epoch, "metrics": metrics, "config": asdict(run.config), **run.calibrated}
+    if with_state:
+        extra["training_state"] = {
+            **state.to_dict(), "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+            "world_size": run.session.world_size, "scaler": trainer.scaler.state_dict()}
+        if trainer.ema:
+            extra["training_state"].update(model=trainer.model.state_dict(), ema_updates=int(trainer.ema.n_averaged))
+    save_checkpoint(run.out / name, run.inference_model, run.classes, run.preprocessing.to_dict(), **extra)
+
+
+def stop_here(run: Run, state: TrainState, metrics: dict, reason: str):
+    save(run, state, "last.pt", metrics, with_state=True)
+    launcher = "python" if run.session.world_size == 1 else "torchrun <the same options>"
+    raise ClassifierError(f"stopped by {reason or 'a signal to another process'} at epoch {state.epoch + 1}, "
+                          f"step {state.step}; progress saved. Resume with: {launcher} train.py --resume "
+                          f"{run.out / 'last.pt'}")
+
+
+def validate(run: Run, epoch: int) -> dict:
+    """Evaluate on val, fit the calibration temperature and the neither rule on it."""
+    config = run.config
+    batches = [Batches(*inputs, 256) for inputs in run.pipeline.val_inputs]  # every rank evaluates all of val
+    val = evaluate(run.inference_model, run.pipeline.logits_of(run.inference_model), batches, config.loss,
+                   run.trainer.device)
+    if not math.isfinite(val["loss"]):
+        raise ClassifierError(f"the validation loss became {val['loss']} at epoch {epoch}: training diverged; "
+                              f"try a lower --lr (now {config.lr}); saved checkpoints were kept")
+    fit = calibrate(val["logits"], val["labels"])
+    run.calibrated = {"temperature": fit["temperature"], "calibration": fit,
+                      "neither": neither_rule(run.inference_model, run.classes, val["logits"])}
+    val["probabilities"] = (val["logits"] / fit["temperature"]).softmax(1)
+    val["metrics"] = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "temperature": fit["temperature"],
+                      "ece": fit["ece_before"], "ece_calibrated": fit["ece_after"]}
+    return val
+
+
+def end_epoch(run: Run, state: TrainState, seconds: float, started_run: float) -> dict:
+    """Evaluate if due, log the epoch, save last.pt and (if val improved) best.pt."""
+    epoch, running = state.epoch + 1, state.running
+    metrics = {"epoch": epoch, "train_loss": running.loss, "train_accuracy": running.accuracy,
+               "lr": run.trainer.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
+               "images_per_second": round(running.seen / seconds, 1)}
+    line = f"epoch {epoch}/{run.config.epochs}  train loss {running.loss:.4f} acc {running.accuracy:.2%}"
+    val = validate(run, epoch) if run.config.evaluates_after(epoch) else None
+    if val:
+        metrics.update(val["metrics"])
+        line += f"  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}"
+    metrics["elapsed"] = round(time.perf_counter() - started_run, 3)
+    print(f"{line}  lr {metrics['lr']:.4g}  {seconds:.1f}s  {metrics['images_per_second']:.0f} img/s")
+    if run.session.is_main:
+        append_metrics(run.out, metrics)
+    state.next_epoch()
+    if val and val["accuracy"] > state.best_accuracy:
+        state.best_accuracy, run.best_probabilities = val["accuracy"], val["probabilities"]
+        save(run, state, "best.pt", metrics, with_state=False)
+    save(run, state, "last.pt", metrics, with_state=True)
+    return metrics
+
+
+def restore(config: TrainConfig) -> tuple[TrainConfig, dict | None]:
+    """With --resume, the settings and the checkpoint of the interrupted run."""
+    if not config.resume:
+        return config, None
+    resumed = load_checkpoint(config.resume)
+    if "training_state" not in resumed:
+        raise ClassifierError(f"{config.resume}: holds no training state; resume from a last.pt")
+    return TrainConfig.from_dict({**resumed["config"], "resume": config.resume}), resumed
+
+
+def resume_training(run: Run, resumed: dict) -> TrainState:
+    """Put weights, optimizer, schedule and the loop's place back as last.pt left them."""
+    trainer, saved = run.trainer, resumed["training_state"]
+    if saved.get("world_size", 1) != run.session.world_size:
+        raise ClassifierError(
+            f"{run.config.resume} was trained by {saved.get('world_size', 1)} process(es); resume it "
+            f"with as many (now {run.session.world_size}), so the global batch stays the same")
+    trainer.optimizer.load_state_dict(saved["optimizer"])
+    trainer.scheduler.load_state_dict(saved["scheduler"])
+    if saved.get("scaler"):
+        trainer.scaler.load_state_dict(saved["scaler"])
+    state = TrainState.restore(saved)
+    print(f"resuming {run.config.resume} at epoch {state.epoch + 1}, step {state.step}")
+    return state
+
+
+def prepare_model(config: TrainConfig, classes: list[str], resumed: dict | None, out: Path,
+                  session: distributed.Session):
+    """The model (with resumed weights), its moving average, and the module the steps call."""
+    model, preprocessing = build_model(config, classes)
+    config.image_size, config.tta_sizes = preprocessing.image_size, preprocessing.tta_sizes  # --init keeps its own
+    if session.is_main:
+        check_free_space(out, model)
+    if resumed:
+        load_weights(model, resumed["training_state"].get("model", resumed["state_dict"]), config.resume)
+    if config.freeze:
+        freeze_all_but_classifier(model)
+    model.to(session.device, memory_format=memory_format(config.channels_last))
+    ema = make_ema(model, config.ema)
+    if ema and resumed:
+        load_weights(ema.module, resumed["state_dict"], config.resume)
+        ema.n_averaged.fill_(resumed["training_state"]["ema_updates"])
+    return model, preprocessing, ema, compile_model(session.wrap(model), session.device, config.compile)
+
+
+def setup(config: TrainConfig, resumed: dict | None, session: distributed.Session) -> Run:
+    """Everything before the first step: output folder, data, model, optimizer and schedule."""
     out = Path(config.out)
     if session.is_main:
         check_writable(out)
     if config.report:
         require_matplotlib()  # fail before training, not after it
-
     dataset = find_dataset(config.data, config.val_fraction, config.seed)
-    if resume_state is not None and resumed["classes"] != dataset.classes:
+    if resumed and resumed["classes"] != dataset.classes:
         raise ClassifierError(
             f"{config.resume}: trained on classes {resumed['classes']}, but {config.data} now has "
             f"{dataset.classes}; resume needs the same classes (use --init to fine-tune on new ones)")
-    model, preprocessing = build_model(config, dataset.classes)
-    config.image_size, config.tta_sizes = preprocessing.image_size, preprocessing.tta_sizes  # --init keeps its own
-    if session.is_main:
-        check_free_space(out, model)
-    if resume_state is not None:
-        load_weights(model, resume_state.get("model", resumed["state_dict"]), config.resume)
-    if config.freeze:
-        freeze_all_but_classifier(model)
-    layout = memory_format(config.channels_last)
-    model.to(device, memory_format=layout)
-    # With --ema, evaluation and checkpoints use the averaged weights; training updates `model`.
-    ema = AveragedModel(model, multi_avg_fn=ema_update(config.ema), use_buffers=True) if config.ema else None
-    inference_model = ema.module if ema else model
-    if ema and resume_state is not None:
-        load_weights(ema.module, resumed["state_dict"], config.resume)
-        ema.n_averaged.fill_(resume_state["ema_updates"])
-    trainee = compile_model(session.wrap(model), device, config.compile)  # what the steps call
-
+    model, preprocessing, ema, trainee = prepare_model(config, dataset.classes, resumed, out, session)
     crops = Augmentation(min_scale=config.min_scale) if config.augment else None
-    # Crops drawn at every step (not cached) are cut from photos decoded larger (Augmentation.source_size).
-    policy = None if caches_features(model) else crops
-    train_decoding = replace(preprocessing, image_size=policy.source_size(config.image_size)) if policy \
-        else preprocessing
-    cache = config.cache_dir or None
-    workers = config.workers or None
-    with session.main_first():  # in a distributed run, rank 0 fills the cache for the others
-        train_images = decode_images(dataset.train.paths, dataset.train.labels, train_decoding, cache,
-                                     workers, desc="decoding train")
-        val_sizes = decode_sizes(dataset.val.paths, dataset.val.labels, preprocessing, config.tta, cache,
-                                 workers, desc="decoding val")
-    val_images = val_sizes[0]
-    skipped = train_images.skipped + val_images.skipped
-    if session.is_main:
-        (out / "skipped.txt").unlink(missing_ok=True)  # never leave the list of an earlier run
-        if skipped:
-            (out / "skipped.txt").write_text("".join(f"{reason}\n" for _, reason in skipped))
-            print(f"skipped {len(skipped)} unreadable image(s), listed in {out / 'skipped.txt'}")
-    check_usable(train_images, val_images, dataset.classes, config.data)
-    print(f"{config.data} ({dataset.layout}): {len(train_images)} train, {len(val_images)} val "
-          f"images, classes {dataset.classes}; model {config.model} on {device}"
+    cached = uses_cached_features(model)
+    train_set, val_sets = load_splits(config, dataset, preprocessing, None if cached else crops, session)
+    report_skipped(out, [train_set, *val_sets[:1]], session)
+    check_usable(train_set, val_sets[0], config.data)
+    print(f"{config.data} ({dataset.layout}): {len(train_set)} train, {len(val_sets[0])} val images, classes "
+          f"{dataset.classes}; model {config.model} on {session.device}"
           + (f", {session.world_size} processes" if session.world_size > 1 else ""))
-    if len(train_images) < config.batch_size * session.world_size:
-        config.batch_size = max(1, len(train_images) // session.world_size)
-    logits_fn, val_inputs = None, val_sizes  # evaluation's inputs and how it gets logits from them
-    if caches_features(model):  # frozen leading stages: run them once, then train only the tail
-        if session.world_size > 1:
-            raise ClassifierError("--finetune probe and last train on cached features in one process; "
-                                  "under torchrun use --finetune full")
-        views = config.views if crops else 1  # the image, its mirror image, then random crops and flips
-        train_images = flatten_views(cached_features(
-            model, train_images, preprocessing, device, views, flip=views > 1, policy=crops,
-            seed=config.seed, precision=config.precision, desc="features of train views"))
-        val_inputs = [cached_features(model, images, preprocessing, device, flip=config.tta,
-                                      precision=config.precision, desc="features of val")
-                      for images in val_sizes]
-        logits_fn = tail_logits(inference_model)
-
+    config.batch_size = min(config.batch_size, max(1, len(train_set) // session.world_size))
+    if cached and session.world_size > 1:
+        raise ClassifierError("--finetune probe and last train on cached features in one process; "
+                              "under torchrun use --finetune full")
+    pipeline = feature_pipeline(config, model, preprocessing, crops, train_set, val_sets, session.device) if cached \
+        else image_pipeline(config, trainee, preprocessing, crops, train_set, val_sets, session)
+    steps = len(Batches(*pipeline.train_inputs, config.batch_size * session.world_size, drop_last=True))
     optimizer = make_optimizer(config, model)
-    scaler = grad_scaler(device, config.precision)
+    trainer = Trainer(model, pipeline.forward, pipeline.prepare, optimizer, make_schedule(config, optimizer, steps),
+                      grad_scaler(session.device, config.precision), ema, config, session.device, config.freeze)
+    return Run(config, session, out, dataset.classes, preprocessing, trainer, pipeline, val_sets)
+
+
+def train(config: TrainConfig) -> dict:
+    """Run a whole training; returns the final epoch's metrics."""
+    started = time.perf_counter()
+    config, resumed = restore(config)
+    config = config.resolved()  # a copy: the batch size may be lowered below; leave the caller's alone
+    torch.manual_seed(config.seed)
+    session = distributed.start(config.device)
+    config.precision = resolve_precision(config.precision, session.device)  # what checkpoints record
+    run = setup(config, resumed, session)
+    state = resume_training(run, resumed) if resumed else TrainState()
     shard = {"rank": session.rank, "world_size": session.world_size}
-    train_batches = Batches(train_images, config.batch_size, shuffle=True, drop_last=True, **shard)
-    val_batches = [Batches(inputs, 256) for inputs in val_inputs]  # every rank evaluates all of val
-    scheduler = make_schedule(config, optimizer, len(train_batches))
-    calibrated = {}  # temperature, calibration and neither rule fitted on the latest validation
-    best_probabilities = None  # best.pt's calibrated val probabilities, for val_predictions.jsonl
-
-    start_epoch, start_step, best_accuracy, running = 0, 0, -1.0, [0.0, 0, 0]
-    if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        if resume_state.get("world_size", 1) != session.world_size:
-            raise ClassifierError(
-                f"{config.resume} was trained by {resume_state.get('world_size', 1)} process(es); resume it "
-                f"with as many (now {session.world_size}), so the global batch stays the same")
-        if resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        start_epoch, start_step = resume_state["epoch"], resume_state["step"]
-        best_accuracy, running = resume_state["best_accuracy"], list(resume_state["running"])
-        print(f"resuming {config.resume} at epoch {start_epoch + 1}, step {start_step}")
-
-    def save(name: str, epoch: int, step: int, metrics: dict, with_state: bool):
-        if not session.is_main:
-            return
-        extra = {"epoch": epoch, "metrics": metrics, "config": asdict(config), **calibrated}
-        if with_state:
-            extra["training_state"] = {
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "step": step, "best_accuracy": best_accuracy, "running": running,
-                "world_size": session.world_size, "scaler": scaler.state_dict()}
-            if ema:
-                extra["training_state"].update(model=model.state_dict(), ema_updates=int(ema.n_averaged))
-        save_checkpoint(out / name, inference_model, dataset.classes, preprocessing.to_dict(), **extra)
-
-    def stop_here(epoch: int, step: int, metrics: dict, reason: str):
-        save("last.pt", epoch, step, metrics, with_state=True)
-        launcher = "python" if session.world_size == 1 else "torchrun <the same options>"
-        raise ClassifierError(
-            f"stopped by {reason or 'a signal to another process'} at epoch {epoch + 1}, step {step}; "
-            f"progress saved. Resume with: {launcher} train.py --resume {out / 'last.pt'}")
-
+    batches = Batches(*run.pipeline.train_inputs, config.batch_size, shuffle=True, drop_last=True, **shard)
     metrics = {}
     with StopSignal() as stop:
-        for epoch in range(start_epoch, config.epochs):
-            set_train_mode(model, config.freeze)
-            train_batches.generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, -1))
-            started = time.perf_counter()
-            progress = tqdm(train_batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                            disable=None if session.is_main else True)
-            for step, (images, labels) in enumerate(progress):
-                if step < start_step:
-                    continue  # resuming mid-epoch: these batches were already trained on
-                generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, step))
-                torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout
-                images, labels = images.to(device), labels.to(device)
-                x = augment(images, generator, policy, **shard, size=config.image_size) if policy else images
-                x = x.contiguous(memory_format=layout) if x.ndim == 4 else x
-                targets = labels
-                if config.mixing != "none" and not logits_fn:
-                    x, targets = mix(x, labels, len(dataset.classes), config.mixing, generator)
-                with autocast(device, config.precision):
-                    logits = (model.tail(x.float()) if logits_fn else trainee(preprocessing.normalize(x))).float()
-                loss = compute_loss(config.loss, logits, targets, config.label_smoothing)
-                majority = targets.argmax(1) if targets.ndim == 2 else targets  # mixed: the larger share
-                loss_sum, correct, seen = distributed.all_sum(
-                    [loss.item() * len(labels), (logits.argmax(1) == majority).sum().item(), len(labels)])
-                if not math.isfinite(loss_sum):
-                    raise ClassifierError(
-                        f"the loss became {loss_sum / seen} at epoch {epoch + 1}, step {step}: training "
-                        f"diverged; try a lower --lr (now {config.lr}); saved checkpoints were kept")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema:
-                    ema.update_parameters(model)
-                running[0] += loss_sum
-                running[1] += correct
-                running[2] += seen
-                progress.set_postfix(loss=f"{running[0] / running[2]:.4f}",
-                                     acc=f"{running[1] / running[2]:.3f}")
-                if distributed.any_rank(stop.requested) and step + 1 < len(train_batches):
-                    stop_here(epoch, step + 1, metrics, stop.requested)
-            seconds = time.perf_counter() - started
-            metrics = {
-                "epoch": epoch + 1, "train_loss": running[0] / max(running[2], 1),
-                "train_accuracy": running[1] / max(running[2], 1), "lr": optimizer.param_groups[0]["lr"],
-                "seconds": round(seconds, 3), "images_per_second": round(running[2] / seconds, 1),
-            }
-            line = (f"epoch {epoch + 1}/{config.epochs}  train loss {metrics['train_loss']:.4f} "
-                    f"acc {metrics['train_accuracy']:.2%}")
-            if evaluates_after(epoch + 1, config):
-                val = evaluate(inference_model, val_batches, preprocessing, device, config, logits_fn)
-                if not math.isfinite(val["loss"]):
-                    raise ClassifierError(
-                        f"the validation loss became {val['loss']} at epoch {epoch + 1}: training "
-                        f"diverged; try a lower --lr (now {config.lr}); saved checkpoints were kept")
-                fit = calibrate(val["logits"], val["labels"])
-                calibrated = {"temperature": fit["temperature"], "calibration": fit,
-                              "neither": neither_rule(inference_model, dataset.classes, val["logits"])}
-                metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"], temperature=fit["temperature"],
-                               ece=fit["ece_before"], ece_calibrated=fit["ece_after"])
-                line += f"  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}"
-            metrics["elapsed"] = round(time.perf_counter() - started_run, 3)
-            print(f"{line}  lr {metrics['lr']:.4g}  {seconds:.1f}s  {metrics['images_per_second']:.0f} img/s")
-            if session.is_main:
-                with open(out / "metrics.jsonl", "a") as log:
-                    log.write(json.dumps(metrics) + "\n")
-            start_step, running = 0, [0.0, 0, 0]
-            if metrics.get("val_accuracy", -1.0) > best_accuracy:
-                best_accuracy = val["accuracy"]
-                best_probabilities = (val["logits"] / fit["temperature"]).softmax(1)
-                save("best.pt", epoch + 1, 0, metrics, with_state=False)
-            save("last.pt", epoch + 1, 0, metrics, with_state=True)
-            if distributed.any_rank(stop.requested) and epoch + 1 < config.epochs:
-                stop_here(epoch + 1, 0, metrics, stop.requested)
-    with session.main_first():  # the other ranks wait: none leaves the process group while rank 0 works
-        if session.is_main:  # what the report reads: best.pt's predictions on the val images
-            write_predictions(out, val_sizes, config.tta, config.device, probabilities=best_probabilities)
-            if config.report:
-                print(f"report: {build_report(out)}")
+        while state.epoch < config.epochs:
+            epoch_started = time.perf_counter()
+            if not train_one_epoch(run.trainer, batches, state, stop, show=session.is_main):
+                stop_here(run, state, metrics, stop.requested)
+            metrics = end_epoch(run, state, time.perf_counter() - epoch_started, started)
+            if distributed.any_rank(stop.requested) and state.epoch < config.epochs:
+                stop_here(run, state, metrics, stop.requested)
+    finish(run)
     return metrics
 
 
-if __name__ == "__main__":
-    from classifier.cli import train_main
+def finish(run: Run) -> None:
+    """What the report reads: best.pt's predictions on the val images (and the report itself)."""
+    with run.session.main_first():  # the other ranks wait: none leaves the process group while rank 0 works
+        if run.session.is_main:
+            val_sizes = [v.decoded() for v in run.val_sets]
+            write_predictions(run.out, val_sizes, run.config.tta, run.config.device,
+                              probabilities=run.best_probabilities)
+            if run.config.report:
+                print(f"report: {build_report(run.out)}")
 
-    sys.exit(train_main())
+
+def list_recipes() -> None:
+    """Each model, with the flags its --pretrained recipe sets."""
+    for name in list_models():
+        recipe = recipes.BACKBONES.get(name, {})
+        flags = " ".join(("--" if v is not False else "--no-") + k.replace("_", "-")
+                         + ("" if isinstance(v, bool) else f" {','.join(map(str, v))}" if isinstance(v, tuple)
+                            else f" {v}")
+                         for k, v in recipe.items() if recipes.SCRATCH.get(k) != v)
+        print(f"{name}  (with --pretrained: {flags})" if flags else name)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="train.py", description="Train an image classifier on a folder of photos.")
+    add_config_flags(parser, TrainConfig, recipes.SCRATCH)
+    parser.add_argument("--list-models", action="store_true", help="print the model names and their recipes, and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(parse_args(argv))
+    if args.pop("list_models"):
+        list_recipes()
+        return 0
+    return run_command(train, TrainConfig(**args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from classifier.train import main as train_main
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -56,3 +58,19 @@ def train_args(data, out, cache, *extra) -> list[str]:
     """Command-line flags for a fast test run."""
     return ["--data", str(data), "--out", str(out), "--cache-dir", str(cache), "--image-size", "32",
             "--batch-size", "16", "--channels", "8,16", "--device", "cpu", *map(str, extra)]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_real, tmp_path_factory) -> Path:
+    """The suite's one trained model: a run folder (best.pt, last.pt, metrics.jsonl,
+    val_predictions.jsonl, report/) from 3 epochs of the tiny convnet at 32 px on 12 + 12 val
+    photos, evaluated with TTA at a second size (40 px) too."""
+    out = tmp_path_factory.mktemp("trained_run")
+    assert train_main(train_args(tiny_real, out, out / "cache", "--epochs", 3, "--report", "--tta-sizes", 40)) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(trained_run) -> Path:
+    """best.pt of the suite's one trained model."""
+    return trained_run / "best.pt"

@@ -3,11 +3,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision.datasets
 from PIL import Image
 
-from classifier.data import (Augmentation, Batches, DecodedImages, Preprocessing, augment, mix,
-                             decode_images, download_oxford_pets, find_dataset)
+from classifier import downloads
+from classifier.augment import Augmentation, augment, mix
+from classifier.data import Batches, find_dataset
 from classifier.errors import ClassifierError
+from classifier.images import Preprocessing, decode_images
 from conftest import make_image
 
 
@@ -204,13 +207,13 @@ def test_mix_none_gives_one_hot_targets_and_float_images():
 
 
 def test_batches_shuffle_under_a_seed_and_shard_across_ranks():
-    decoded = DecodedImages(_batch(10), torch.arange(10), [str(i) for i in range(10)])
+    images, labels = _batch(10), torch.arange(10)
     order = lambda seed, **kw: torch.cat([y for _, y in Batches(
-        decoded, 3, shuffle=True, generator=torch.Generator().manual_seed(seed), **kw)]).tolist()
+        images, labels, 3, shuffle=True, generator=torch.Generator().manual_seed(seed), **kw)]).tolist()
     assert order(0) == order(0) != order(1) and sorted(order(0)) == list(range(10))
     ranks = [order(0, rank=r, world_size=2) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 5 and not set(ranks[0]) & set(ranks[1])
-    assert len(Batches(decoded, 3, drop_last=True)) == 3 == len(list(Batches(decoded, 3, drop_last=True)))
+    assert len(Batches(images, labels, 3, drop_last=True)) == 3 == len(list(Batches(images, labels, 3, drop_last=True)))
 
 
 def test_oxford_pets_conversion_from_a_local_copy(tmp_path):
@@ -223,7 +226,7 @@ def test_oxford_pets_conversion_from_a_local_copy(tmp_path):
         (base / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
         for line in lines:
             make_image(base / "images" / f"{line.split()[0]}.jpg")
-    counts = download_oxford_pets(tmp_path / "out", tmp_path / "root", download=False)
+    counts = downloads.oxford_pets(tmp_path / "out", tmp_path / "root", download=False)
     assert counts == {"train/cat": 2, "train/dog": 1, "val/cat": 1, "val/dog": 1}
     dataset = find_dataset(tmp_path / "out")
     assert dataset.classes == ["cat", "dog"] and len(dataset.train) == 3 and len(dataset.val) == 2
@@ -231,14 +234,12 @@ def test_oxford_pets_conversion_from_a_local_copy(tmp_path):
 
 
 def test_download_offline_is_one_line_that_does_not_suggest_downloading(tmp_path, monkeypatch):
-    import torchvision.datasets
-
     def offline(*args, **kwargs):
         raise OSError("<urlopen error [Errno -2] Name or service not known>")
 
     monkeypatch.setattr(torchvision.datasets, "OxfordIIITPet", offline)
     with pytest.raises(ClassifierError) as error:
-        download_oxford_pets(tmp_path / "out", tmp_path / "root")
+        downloads.oxford_pets(tmp_path / "out", tmp_path / "root")
     message = str(error.value)
     assert "could not download" in message and "DIR/train/<class>/" in message
     assert "classifier.data download" not in message and "\n" not in message

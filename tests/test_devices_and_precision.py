@@ -8,7 +8,7 @@ import torch
 
 import classifier.runtime as runtime
 from classifier.checkpoint import load_checkpoint
-from classifier.cli import train_main
+from classifier.train import main as train_main
 from conftest import train_args
 
 

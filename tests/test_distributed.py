@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from classifier.checkpoint import load_checkpoint
-from classifier.cli import train_main
-from classifier.data import Augmentation, Batches, DecodedImages, augment
+from classifier.train import main as train_main
+from classifier.augment import Augmentation, augment
+from classifier.data import Batches
 from conftest import REPO, train_args
 
 EPOCHS = 8
@@ -95,9 +96,8 @@ def test_resume_with_another_number_of_processes_is_refused(one_process, tmp_pat
 
 def test_ranks_split_each_global_batch_and_its_augmentation():
     images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8)
-    decoded = DecodedImages(images, torch.arange(12), [str(i) for i in range(12)])
     batches = lambda rank, world, size: list(Batches(
-        decoded, size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(3),
+        images, torch.arange(12), size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(3),
         rank=rank, world_size=world))
     whole, parts = batches(0, 1, 6), [batches(r, 2, 3) for r in (0, 1)]
     assert len(whole) == len(parts[0]) == len(parts[1]) == 2

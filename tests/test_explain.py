@@ -1,16 +1,20 @@
 import json
+import sys
 
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
-from classifier import explain
-from classifier.cli import explain_main, predict_main, train_main
-from classifier.data import Preprocessing
+from classifier import explain, gradcam
 from classifier.errors import ClassifierError
+from classifier.explain import main as explain_main
+from classifier.export import export
+from classifier.images import Preprocessing
+from classifier.inference import Classifier
 from classifier.models import create_model, list_models
-from conftest import train_args
+from classifier.predict import main as predict_main
+from conftest import train_args, train_main
 
 RAW = Preprocessing(image_size=32, mean=(0, 0, 0), std=(1, 1, 1))  # the model sees pixels in [0, 1]
 QUADRANTS = {"top-left": (slice(0, 16), slice(0, 16)), "top-right": (slice(0, 16), slice(16, 32)),
@@ -43,7 +47,7 @@ def quadrant_model(quadrant: str) -> nn.Module:
 @pytest.mark.parametrize("quadrant", QUADRANTS)
 def test_grad_cam_peaks_in_the_one_region_the_decision_depends_on(quadrant):
     image = torch.randint(0, 256, (3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
-    result = explain.explain_tensor(quadrant_model(quadrant), RAW, image)
+    result = gradcam.explain_tensor(quadrant_model(quadrant), RAW, image)
     assert result.target == 1 and result.method == "Grad-CAM on 2"  # the mask: last map before pooling
     peak = divmod(int(result.heatmap.argmax()), 32)
     rows, columns = QUADRANTS[quadrant]
@@ -70,8 +74,8 @@ def test_grad_cam_shows_the_evidence_for_the_class_asked_about():
     image[0, 2:10, 20:30] = 255  # a red patch at the top right: dog evidence
     image[2, 22:30, 2:8] = 255  # a smaller blue patch at the bottom left: cat evidence
     model = colour_model()
-    dog = explain.explain_tensor(model, RAW, image)
-    cat = explain.explain_tensor(model, RAW, image, target=0)
+    dog = gradcam.explain_tensor(model, RAW, image)
+    cat = gradcam.explain_tensor(model, RAW, image, target=0)
     assert dog.target == 1 and dog.probabilities[1] > 0.5
     assert divmod(int(dog.heatmap.argmax()), 32) in {(r, c) for r in range(2, 10) for c in range(20, 30)}
     assert divmod(int(cat.heatmap.argmax()), 32) in {(r, c) for r in range(22, 30) for c in range(2, 8)}
@@ -84,7 +88,7 @@ def test_every_registered_model_gets_a_heatmap_and_layers(name):
     size = 32 if name in ("mlp", "convnet") else 64
     model = create_model(name, 2, **({"image_size": size} if name == "mlp" else {})).eval()
     image = torch.randint(0, 256, (3, size, size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    result = explain.explain_tensor(model, Preprocessing(image_size=size), image)
+    result = gradcam.explain_tensor(model, Preprocessing(image_size=size), image)
     assert torch.isfinite(result.heatmap).all() and 0 <= result.heatmap.min() and result.heatmap.max() <= 1
     if name == "mlp":
         assert result.method == "gradient saliency" and result.heatmap.shape == (size, size)
@@ -99,7 +103,7 @@ def test_every_registered_model_gets_a_heatmap_and_layers(name):
 
 def test_pick_layers_for_the_convnet():
     model = create_model("convnet", 2, channels=(8, 16, 32)).eval()
-    result = explain.explain_tensor(model, Preprocessing(image_size=32), torch.zeros(3, 32, 32, dtype=torch.uint8))
+    result = gradcam.explain_tensor(model, Preprocessing(image_size=32), torch.zeros(3, 32, 32, dtype=torch.uint8))
     picked = [(p, name, tuple(m.shape)) for p, name, m in explain.pick_layers(result.feature_maps)]
     assert picked == [("early", "features.0", (8, 32, 32)), ("middle", "features.2", (16, 8, 8)),
                       ("late", "features", (32, 4, 4))]
@@ -113,12 +117,11 @@ def test_weight_images_keep_zero_at_gray():
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tiny_real, tmp_path_factory):
+def checkpoints(trained, tiny_real, tmp_path_factory):
+    """The suite's convnet, and an MLP (which has no feature maps) trained here."""
     out = tmp_path_factory.mktemp("explain")
-    for model in ("convnet", "mlp"):
-        assert train_main(train_args(tiny_real, out / model, out / "cache", "--epochs", 1, "--model", model,
-                                     "--hidden", 16)) == 0
-    return {model: out / model / "best.pt" for model in ("convnet", "mlp")}
+    assert train_main(train_args(tiny_real, out, out / "cache", "--epochs", 1, "--model", "mlp", "--hidden", 16)) == 0
+    return {"convnet": trained, "mlp": out / "best.pt"}
 
 
 def sizes(folder):
@@ -132,7 +135,7 @@ def test_explain_command_for_the_convnet(checkpoints, tiny_real, tmp_path, capsy
     assert "dog.4001.jpg" in printed and printed.count("wrote ") == 3
     rows = 3  # 32 px through convnet 8,16: 32, 16 and 8 pixels
     assert sizes(tmp_path) == {
-        "heatmap.png": explain.HEATMAP_SIZE,
+        "heatmap.png": gradcam.HEATMAP_SIZE,
         "feature_maps.png": (explain.FEATURE_WIDTH, explain.FEATURE_ROW * rows + explain.TITLE_HEIGHT),
         "filters.png": (explain.FILTER_WIDTH, explain.FILTER_ROW * 1 + explain.TITLE_HEIGHT),  # 8 filters
     }
@@ -143,7 +146,7 @@ def test_explain_command_for_the_mlp_shows_its_templates(checkpoints, tiny_real,
     assert explain_main([str(photo), "--checkpoint", str(checkpoints["mlp"]), "--out", str(tmp_path),
                          "--target", "dog"]) == 0
     assert sizes(tmp_path) == {  # 16 hidden neurons: 2 rows of 8 templates
-        "heatmap.png": explain.HEATMAP_SIZE,
+        "heatmap.png": gradcam.HEATMAP_SIZE,
         "templates.png": (explain.TEMPLATE_WIDTH, explain.TEMPLATE_ROW * 2 + explain.TITLE_HEIGHT)}
 
 
@@ -166,22 +169,19 @@ def test_predict_explain_writes_a_heatmap_per_image(checkpoints, tiny_real, tmp_
     assert [r["heatmap"] for r in results] == [str(tmp_path / "heat" / n) for n in
                                                ("cat.4001.png", "dog.4001.png", "cat.4001-2.png")]
     assert sizes(tmp_path / "heat") == dict.fromkeys(("cat.4001-2.png", "cat.4001.png", "dog.4001.png"),
-                                                     explain.HEATMAP_SIZE)
+                                                     gradcam.HEATMAP_SIZE)
 
 
 def test_without_matplotlib_explain_says_what_to_install(checkpoints, tiny_real, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
     photo = str(tiny_real / "val" / "cat" / "cat.4001.jpg")
     assert predict_main([photo, "--checkpoint", str(checkpoints["convnet"]), "--explain", str(tmp_path)]) == 1
     assert "pip install .[viz]" in capsys.readouterr().err
     with pytest.raises(ClassifierError, match=r"pip install \.\[viz\]"):
-        explain.explain(explain.Classifier.load(checkpoints["convnet"]), photo, tmp_path)
+        explain.explain(Classifier.load(checkpoints["convnet"]), photo, tmp_path)
 
 
 def test_an_exported_model_cannot_be_explained(checkpoints, tiny_real, tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
-    from classifier.export import export
-
     model = export(checkpoints["convnet"], tmp_path / "model.onnx")
     photo = str(tiny_real / "val" / "cat" / "cat.4001.jpg")
     assert predict_main([photo, "--checkpoint", str(model), "--explain", str(tmp_path / "heat")]) == 1

@@ -4,25 +4,18 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
+import onnx
+import onnxruntime
 import pytest
 import torch
 
-from classifier.cli import predict_main, train_main
 from classifier.errors import ClassifierError
 from classifier.export import export, main as export_main
-from classifier.predict import Classifier, expand_paths
-from conftest import REPO, train_args
-
-onnxruntime = pytest.importorskip("onnxruntime", reason="the optional [onnx] extra is not installed")
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_real, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")  # no test-time sizes: an export takes its image size only
-    assert train_main(train_args(tiny_real, out, out / "cache", "--epochs", 1, "--tta-sizes", "")) == 0
-    return out / "best.pt"
-
+from classifier.inference import Classifier
+from classifier.predict import expand_paths, main as predict_main
+from conftest import REPO
 
 @pytest.fixture(scope="module")
 def onnx_file(trained, tmp_path_factory):
@@ -62,8 +55,8 @@ def test_torchscript_gives_the_same_probabilities_as_pytorch(trained, tiny_real,
 
 def test_predict_with_an_onnx_file_prints_what_the_checkpoint_prints(trained, onnx_file, tiny_real, capsys):
     outputs = []
-    for checkpoint in (trained, onnx_file):
-        assert predict_main([str(tiny_real / "val"), "--checkpoint", str(checkpoint), "--json", "--tta",
+    for checkpoint in (trained, onnx_file):  # one pass per photo: the export has no test-time sizes
+        assert predict_main([str(tiny_real / "val"), "--checkpoint", str(checkpoint), "--json", "--no-tta",
                              "--precision", "fp32"]) == 0  # the ONNX file computes in fp32 (ignores the flag)
         outputs.append([json.loads(line) for line in capsys.readouterr().out.splitlines()])
     assert len(outputs[0]) == len(outputs[1]) == 12
@@ -71,6 +64,17 @@ def test_predict_with_an_onnx_file_prints_what_the_checkpoint_prints(trained, on
         assert ours["path"] == theirs["path"] and ours["label"] == theirs["label"]
         assert ours["probabilities"] == pytest.approx(theirs["probabilities"], abs=1e-4)
         assert ours.get("neither") == theirs.get("neither")
+
+
+def test_an_onnx_model_averages_the_mirror_image_as_the_checkpoint_does(trained, onnx_file, tiny_real):
+    model = Classifier.load(trained, "cpu", precision="fp32")
+    model.preprocessing = replace(model.preprocessing, tta_sizes=())  # the export takes its image size only
+    images = val_images(tiny_real, model)
+    exported = Classifier.load(onnx_file)
+    assert exported.tta and exported.preprocessing.tta_sizes == ()
+    with_mirror = exported.probabilities(images, tta=True)
+    torch.testing.assert_close(with_mirror, model.probabilities(images, tta=True), atol=1e-4, rtol=0)
+    assert not torch.allclose(with_mirror, exported.probabilities(images, tta=False), atol=1e-6)
 
 
 def test_onnx_without_onnxruntime_says_how_to_install(trained, tmp_path, monkeypatch):
@@ -81,8 +85,6 @@ def test_onnx_without_onnxruntime_says_how_to_install(trained, tmp_path, monkeyp
 
 
 def test_a_foreign_onnx_file_is_refused(onnx_file, tmp_path):
-    import onnx
-
     proto = onnx.load(str(onnx_file))
     del proto.metadata_props[:]
     onnx.save(proto, str(tmp_path / "foreign.onnx"))

@@ -8,18 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from classifier.cli import predict_main, train_main
-from classifier.data import Preprocessing
+from classifier.images import Preprocessing
+from classifier.inference import Classifier
 from classifier.models import create_model
-from classifier.predict import Classifier
-from conftest import REPO, train_args
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_real, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained")
-    assert train_main(train_args(tiny_real, out, out / "cache", "--epochs", 1)) == 0
-    return out / "best.pt"
+from classifier.predict import main as predict_main
+from conftest import REPO
 
 
 def test_python_api_paths_and_pil_images(trained, tiny_real):

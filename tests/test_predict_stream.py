@@ -5,17 +5,11 @@ import shutil
 
 import pytest
 
-from classifier.cli import predict_main, train_main
+from classifier.predict import main as predict_main
 from classifier.errors import ClassifierError
-from classifier.predict import Classifier, completed_paths
+from classifier.inference import Classifier
+from classifier.predict import completed_paths
 from conftest import train_args
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_real, tmp_path_factory):
-    out = tmp_path_factory.mktemp("stream")
-    assert train_main(train_args(tiny_real, out, out / "cache", "--epochs", 1)) == 0
-    return out / "best.pt"
 
 
 @pytest.fixture

@@ -3,22 +3,23 @@ calibration and the "neither" answer. Small images and a dozen photos keep it fa
 
 import json
 import urllib.error
-from dataclasses import fields
 
 import pytest
 import torch
 import torchvision
 
-import classifier.train as train_module
-from classifier.calibration import (IMAGENET_THRESHOLD, calibrate, energy_score, expected_calibration_error,
-                                    fit_temperature, neither_rule)
+from classifier import loop, recipes
+from classifier.calibration import calibrate, expected_calibration_error, fit_temperature
 from classifier.checkpoint import load_checkpoint
-from classifier.cli import predict_main, train_main
-from classifier.data import Preprocessing
+from classifier.predict import main as predict_main
+from classifier.train import main as train_main
+from classifier.images import Preprocessing
 from classifier.errors import ClassifierError
 from classifier.models import create_model
-from classifier.predict import Classifier
-from classifier.train import TrainConfig, make_optimizer
+from classifier.inference import Classifier
+from classifier.config import TrainConfig
+from classifier.loop import make_optimizer
+from classifier.neither import IMAGENET_THRESHOLD, energy_score, neither_rule
 from conftest import REPO, copy_subset, make_image
 from test_train import _interrupt_on
 
@@ -98,8 +99,7 @@ def test_recommended_recipe_applies_only_to_unset_fields_of_pretrained_models():
                                                       tta_sizes=()).resolved().tta_sizes == ()
     assert TrainConfig(model="efficientnet_lite0", pretrained=True, epochs=3).resolved().epochs == 3
     scratch = TrainConfig(model="efficientnet_lite0").resolved()
-    fallback = {f.name: f.metadata.get("fallback") for f in fields(TrainConfig)}
-    assert (scratch.finetune, scratch.image_size, scratch.lr) == ("full", 80, fallback["lr"])
+    assert (scratch.finetune, scratch.image_size, scratch.lr) == ("full", 80, recipes.SCRATCH["lr"])
     assert TrainConfig().resolved().optimizer == "sgd"
 
 
@@ -137,7 +137,7 @@ def test_predict_resume_and_init_work_for_backbones(tiny_real, tmp_path, monkeyp
                                                "--batch-size", 4, *extra)
     assert train_main(args(tmp_path / "whole")) == 0
     with monkeypatch.context() as patch:
-        _interrupt_on(patch, "compute_loss", 5)
+        _interrupt_on(patch, loop, "compute_loss", 5)
         assert train_main(args(tmp_path / "split")) == 1
     assert train_main(["--resume", str(tmp_path / "split" / "last.pt")]) == 0
     whole, split = (load_checkpoint(tmp_path / r / "last.pt") for r in ("whole", "split"))

@@ -7,19 +7,17 @@ import pytest
 import torch
 from PIL import Image
 
-from classifier import report
-from classifier.cli import report_main, train_main
+from classifier import report, runs
 from classifier.errors import ClassifierError
-from conftest import REPO, train_args
+from classifier.report import main as report_main
+from conftest import REPO, train_args, train_main
 
 
-@pytest.fixture(scope="module")
-def run(tiny_real, tmp_path_factory):
-    """A 3-epoch run on 12 + 12 val photos, with the report built by train.py --report; evaluated
-    with TTA at a second size too, so rebuilding the predictions checks that path end to end."""
-    out = tmp_path_factory.mktemp("run")
-    assert train_main(train_args(tiny_real, out, out / "cache", "--epochs", 3, "--report", "--tta-sizes", 40)) == 0
-    return out
+@pytest.fixture
+def run(trained_run):
+    """The suite's trained run, with the report train.py --report built; it was evaluated with TTA
+    at a second size too, so rebuilding the predictions checks that path end to end."""
+    return trained_run
 
 
 def logged(run):
@@ -30,7 +28,7 @@ def test_train_report_writes_every_figure_at_its_size(run):
     folder = run / "report"
     expected = {"curves.png": report.CURVES_SIZE, "confusion.png": report.MATRIX_SIZE,
                 "reliability.png": report.RELIABILITY_SIZE}
-    mistakes, unsure = report.gallery_indices(report.read_predictions(run), 8)
+    mistakes, unsure = report.gallery_indices(runs.read_predictions(run), 8)
     for name, shown in (("mistakes.png", mistakes), ("unsure.png", unsure)):
         if shown:
             rows = -(-len(shown) // report.GALLERY_COLUMNS)
@@ -69,7 +67,7 @@ def test_predictions_rebuilt_from_best_pt(run, tmp_path, damage):
     """Runs from before val_predictions.jsonl existed, or stopped after a newer best.pt, still
     get a report of best.pt, with the same numbers."""
     before = json.loads((run / "report" / "report.json").read_text())
-    predictions = run / report.PREDICTIONS_FILE
+    predictions = run / runs.PREDICTIONS_FILE
     original = predictions.read_text()
     if damage == "missing":
         predictions.unlink()
@@ -89,7 +87,7 @@ def test_scores_on_known_predictions():
     # 6 images, classes a and b: true a a a b b b; predicted a a b b b a
     probabilities = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8], [0.45, 0.55], [0.95, 0.05]],
                                  dtype=torch.float64)
-    predictions = report.Predictions(["a", "b"], [f"{i}.jpg" for i in range(6)],
+    predictions = runs.Predictions(["a", "b"], [f"{i}.jpg" for i in range(6)],
                                      torch.tensor([0, 0, 0, 1, 1, 1]), probabilities, epoch=2)
     summary = report.summarize([{"epoch": 1}, {"epoch": 2, "val_accuracy": 4 / 6}], predictions)
     assert summary["confusion"] == [[2, 1], [1, 2]]
@@ -110,7 +108,7 @@ def test_temperature_is_undone_for_the_logged_numbers():
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.3], [-3.0, 1.0]], dtype=torch.float64)
     labels = torch.tensor([0, 1, 1])
     calibrated = (logits / 2.5).softmax(dim=1)
-    predictions = report.Predictions(["a", "b"], ["x"] * 3, labels, calibrated, epoch=1, temperature=2.5)
+    predictions = runs.Predictions(["a", "b"], ["x"] * 3, labels, calibrated, epoch=1, temperature=2.5)
     assert predictions.uncalibrated == pytest.approx(logits.softmax(dim=1))
     summary = report.summarize([{"epoch": 1}], predictions)
     assert summary["cross_entropy"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
@@ -121,7 +119,7 @@ def test_temperature_is_undone_for_the_logged_numbers():
 def test_metrics_of_the_latest_run_only(tmp_path):
     lines = [{"epoch": e, "val_accuracy": a} for e, a in ((1, 0.1), (2, 0.2), (1, 0.5), (2, 0.6), (3, 0.7))]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
-    assert [m["val_accuracy"] for m in report.read_metrics(tmp_path)] == [0.5, 0.6, 0.7]
+    assert [m["val_accuracy"] for m in runs.read_metrics(tmp_path)] == [0.5, 0.6, 0.7]
 
 
 def test_not_a_run_folder_is_a_one_line_error(tmp_path, capsys):

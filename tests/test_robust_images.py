@@ -15,12 +15,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from classifier.checkpoint import save_checkpoint
-from classifier.cli import predict_main, train_main
-from classifier.data import DecodedImages, Preprocessing, check_usable, decode_images, walk_images
+from classifier.predict import main as predict_main
+from classifier.train import main as train_main
+from classifier.images import Preprocessing, decode_images, walk_images
 from classifier.errors import ClassifierError
 from classifier.models import create_model
-from classifier.predict import Classifier
-from conftest import copy_subset, train_args
+from classifier.inference import Classifier
+from conftest import copy_subset, make_image, train_args
 from image_zoo import HIDDEN, ZOO, check_decoded, decodes, make_zoo, png_claiming
 from other_user import run_as_nobody, shared_folder
 
@@ -141,12 +142,15 @@ def test_a_class_whose_images_are_all_unreadable_stops_before_training(real_data
     assert len((tmp_path / "run" / "skipped.txt").read_text().splitlines()) == 2
 
 
-def test_no_readable_validation_image_stops_before_training(tmp_path):
-    train = DecodedImages(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"])
-    val = DecodedImages(torch.zeros(0, 3, 4, 4, dtype=torch.uint8), torch.tensor([], dtype=torch.long),
-                        [], [("c.jpg", "c.jpg: cannot read image (empty file)")])
-    with pytest.raises(ClassifierError, match="no readable validation images left after skipping 1"):
-        check_usable(train, val, ["cat", "dog"], tmp_path)
+def test_no_readable_validation_image_stops_before_training(tmp_path, capsys):
+    for name in ("cat", "dog"):
+        make_image(tmp_path / "data" / "train" / name / "a.png")
+        (tmp_path / "data" / "val" / name).mkdir(parents=True)
+        (tmp_path / "data" / "val" / name / "c.jpg").write_bytes(b"")
+    assert train_main(train_args(tmp_path / "data", tmp_path / "run", tmp_path / "cache", "--epochs", 1)) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no readable validation images left after skipping 2" in error
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 @pytest.mark.parametrize("setup, message", [

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-import classifier.train as train_module
 from classifier.checkpoint import load_checkpoint, save_checkpoint
-from classifier.cli import predict_main, train_main
-from classifier.data import Preprocessing
+from classifier.predict import main as predict_main
+from classifier.train import main as train_main
+from classifier.images import Preprocessing
 from classifier.errors import ClassifierError
 from classifier.models import create_model
-from classifier.predict import Classifier
+from classifier.inference import Classifier
 from conftest import REPO, copy_subset, make_image, train_args
 from other_user import run_as_nobody, shared_folder
 
@@ -233,7 +233,7 @@ def test_a_signal_saves_last_pt_and_resume_finishes_the_run(tiny_real, tmp_path,
 def test_ctrl_c_before_training_is_one_line_not_a_traceback(tiny_real, tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train_module, "decode_images", interrupted)
+    monkeypatch.setattr(Preprocessing, "decode", interrupted)  # while decoding the photos
     assert train_main(train_args(tiny_real, tmp_path / "run", tmp_path / "cache")) == 130
     one_line_error(capsys, "interrupted (Ctrl-C)")
 
@@ -287,7 +287,7 @@ def test_an_output_folder_the_user_may_not_write_fails_before_training(tiny_real
 
 def test_a_disk_too_full_for_the_checkpoints_fails_before_training(tiny_real, tmp_path, monkeypatch, capsys):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(train_module.shutil, "disk_usage", lambda folder: usage(10**9, 10**9 - 5000, 5000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**9, 10**9 - 5000, 5000))
     assert train_main(train_args(tiny_real, tmp_path / "run", tmp_path / "cache")) == 1
     one_line_error(capsys, tmp_path / "run", "only 0.0 MB free, checkpoints need about")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

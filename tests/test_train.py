@@ -6,12 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import classifier.train as train_module
+from classifier import distributed, loop, train
 from classifier.checkpoint import load_checkpoint
-from classifier.cli import train_main
-from classifier.predict import Classifier
-from classifier.train import TrainConfig
-from conftest import copy_subset, make_image, train_args
+from classifier.config import TrainConfig
+from classifier.data import find_dataset
+from classifier.images import Preprocessing
+from classifier.inference import Classifier
+from classifier.loop import compute_loss, ema_update
+from classifier.models import create_model
+from conftest import copy_subset, make_image, train_args, train_main
 
 
 def metrics(out: Path) -> list[dict]:
@@ -42,7 +45,7 @@ def test_convnet_learns_on_real_photos(small_real, tmp_path):
 ])
 def test_val_is_evaluated_about_ten_times_and_after_the_last_epoch(epochs, every, evaluated):
     config = TrainConfig(epochs=epochs, eval_every=every)
-    assert [e for e in range(1, epochs + 1) if train_module.evaluates_after(e, config)] == evaluated
+    assert [e for e in range(1, epochs + 1) if config.evaluates_after(e)] == evaluated
 
 
 def test_article_network_sigmoid_mlp_mse_plain_sgd_beats_chance(real_data, tmp_path):
@@ -80,9 +83,10 @@ def test_same_seed_same_metrics(tiny_real, tmp_path):
     assert strip(metrics(tmp_path / "a")) == strip(metrics(tmp_path / "b"))
 
 
-def _interrupt_on(monkeypatch, name: str, call_number: int):
-    """Send this process SIGINT (Ctrl-C) during the n-th call of train_module.<name>."""
-    original, calls = getattr(train_module, name), []
+def _interrupt_on(monkeypatch, module, name: str, call_number: int):
+    """Send this process SIGINT (Ctrl-C) during the n-th call of module.<name>, a function
+    that module defines (so its own calls go through the patch)."""
+    original, calls = getattr(module, name), []
 
     def wrapped(*args, **kwargs):
         calls.append(1)
@@ -90,17 +94,19 @@ def _interrupt_on(monkeypatch, name: str, call_number: int):
             os.kill(os.getpid(), signal.SIGINT)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, name, wrapped)
+    monkeypatch.setattr(module, name, wrapped)
 
 
-@pytest.mark.parametrize("where, call, ema", [("evaluate", 1, 0), ("compute_loss", 5, 0), ("compute_loss", 5, 0.9)],
+@pytest.mark.parametrize("module, where, call, ema", [(train, "validate", 1, 0), (loop, "compute_loss", 5, 0),
+                                                     (loop, "compute_loss", 5, 0.9)],
                          ids=["between-epochs", "mid-epoch", "mid-epoch-ema"])
-def test_interrupted_run_resumes_to_the_same_result(tiny_real, tmp_path, monkeypatch, capsys, where, call, ema):
+def test_interrupted_run_resumes_to_the_same_result(tiny_real, tmp_path, monkeypatch, capsys, module, where, call,
+                                                     ema):
     args = lambda out: train_args(tiny_real, out, tmp_path / "cache", "--epochs", 2, "--dropout", 0.3,
                                   "--batch-size", 4, "--ema", ema)
     assert train_main(args(tmp_path / "whole")) == 0
     with monkeypatch.context() as patch:
-        _interrupt_on(patch, where, call)
+        _interrupt_on(patch, module, where, call)
         assert train_main(args(tmp_path / "split")) == 1
     assert "Resume with: python train.py --resume" in capsys.readouterr().err
     assert train_main(["--resume", str(tmp_path / "split" / "last.pt")]) == 0
@@ -149,8 +155,6 @@ def test_missing_data_is_a_one_line_error(tmp_path, capsys):
 
 def test_ema_warms_up_then_averages_slowly():
     from torch.optim.swa_utils import AveragedModel
-    from classifier.models import create_model
-    from classifier.train import ema_update
 
     model = create_model("convnet", channels=(4,))
     ema = AveragedModel(model, multi_avg_fn=ema_update(0.99), use_buffers=True)
@@ -170,7 +174,6 @@ def test_ema_warms_up_then_averages_slowly():
 
 @pytest.mark.parametrize("kind", ["ce", "mse"])
 def test_loss_of_one_hot_probability_targets_equals_that_of_class_indices(kind):
-    from classifier.train import compute_loss
 
     logits, labels = torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     soft = torch.nn.functional.one_hot(labels, 3).float()
@@ -202,23 +205,15 @@ def test_test_time_size_matches_how_large_things_look_in_the_training_crops():
     assert TrainConfig(**lite0, image_size=128, finetune="full").resolved().tta_sizes == (161,)
 
 
-def test_training_crops_are_cut_from_photos_decoded_at_the_test_time_size(tiny_real, tmp_path, monkeypatch):
-    decoded_sizes, augmented_sizes = [], set()
-    decode, augment = train_module.decode_images, train_module.augment
-
-    def recording_decode(paths, labels, preprocessing, *args, **kwargs):
-        decoded_sizes.append(preprocessing.image_size)
-        return decode(paths, labels, preprocessing, *args, **kwargs)
-
-    def recording_augment(images, *args, **kwargs):
-        crops = augment(images, *args, **kwargs)
-        augmented_sizes.add((images.shape[-1], crops.shape[-1]))
-        return crops
-
-    monkeypatch.setattr(train_module, "decode_images", recording_decode)
-    monkeypatch.setattr(train_module, "augment", recording_augment)
-    assert train_main(train_args(tiny_real, tmp_path / "run", tmp_path / "cache", "--epochs", 1)) == 0
-    checkpoint = load_checkpoint(tmp_path / "run" / "best.pt")
-    assert checkpoint["preprocessing"]["tta_sizes"] == (40,)  # 32 px crops look as large as a 40 px photo
-    assert decoded_sizes[0] == 40  # train/ is decoded first, at that size (val at 32 and 40)
-    assert augmented_sizes == {(40, 32)}  # every training batch: 40 px photos in, 32 px crops out
+def test_training_crops_are_cut_from_photos_decoded_at_the_test_time_size(tiny_real, tmp_path):
+    config = TrainConfig.from_dict({**vars(train.parse_args(train_args(tiny_real, tmp_path, tmp_path / "cache"))),
+                                    "epochs": 1}).resolved()
+    assert config.tta_sizes == (40,)  # 32 px crops look as large as a 40 px photo
+    session, dataset = distributed.start("cpu"), find_dataset(tiny_real)
+    preprocessing, crops = Preprocessing(32, tta_sizes=(40,)), train.Augmentation(config.min_scale)
+    train_set, val_sets = train.load_splits(config, dataset, preprocessing, crops, session)
+    assert train_set.images.shape[-1] == 40  # train/ is decoded at that size ...
+    assert [v.images.shape[-1] for v in val_sets] == [32, 40]  # ... val at both
+    pipeline = train.image_pipeline(config, torch.nn.Identity(), preprocessing, crops, train_set, val_sets, session)
+    x, labels = pipeline.prepare(train_set.images[:4], train_set.targets[:4], torch.Generator().manual_seed(0))
+    assert x.shape == (4, 3, 32, 32)  # ... and every training batch is cut down to 32 px crops

@@ -1,0 +1,135 @@
+"""The settings of a training run, as one dataclass that round-trips through the command line and
+the checkpoint. Fields left None are filled from the recipe (recipes.py) by `resolved()`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+
+from classifier import recipes
+from classifier.augment import MIXING, Augmentation
+from classifier.checkpoint import load_checkpoint
+from classifier.data import default_data_dir
+from classifier.images import default_cache_dir
+from classifier.models import list_models, model_entry
+from classifier.runtime import DEVICES, PRECISIONS
+
+
+def option(default, help: str, **extra):
+    """A TrainConfig field: its default and the --help text of its command-line flag."""
+    factory = (lambda: default) if isinstance(default, (list, tuple)) else None
+    kwargs = {"default_factory": factory} if factory else {"default": default}
+    return field(metadata={"help": help, **extra}, **kwargs)
+
+
+def recipe_option(help: str, **extra):
+    """A TrainConfig field left None (not set) until resolved() takes it from the recipe."""
+    return field(default=None, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run: the command line is generated from these fields (cli.py)
+    and a checkpoint stores them, so a run can always be repeated or resumed."""
+
+    # data
+    data: str = option(default_data_dir(), "image folder (train/ and val/, class folders, or cat.1.jpg files)")
+    val_fraction: float = option(0.2, "share of each class held out for validation when DIR has no val/")
+    image_size: int = recipe_option("images are resized to this many pixels square")
+    cache_dir: str = option(default_cache_dir(), "where decoded images are cached ('' to disable)")
+    workers: int = option(0, "decoding threads (0: one per CPU core)")
+    # model
+    model: str = option("convnet", "model name, see --list-models")
+    pretrained: bool = option(False, "start from the model's pretrained weights (backbones only)")
+    weights: str = option("", "backbones: load the pretrained weights from this local file (no download)")
+    finetune: str = recipe_option("backbones: what trains; probe: the output layer only, on cached "
+                                 "features; last: the last --finetune-stages stages too; full: everything",
+                                 choices=("probe", "last", "full"))
+    finetune_stages: int = recipe_option("backbones with --finetune last: how many final stages train")
+    views: int = recipe_option("probe/last: cached views of each training image (the image, its mirror "
+                              "image, then random crops and flips), computed once")
+    backbone_lr: float = recipe_option("learning rate of pretrained layers, as a fraction of --lr")
+    hidden: tuple = option((512, 128), "mlp: hidden layer sizes, comma-separated ('' for none)")
+    activation: str = option("relu", "mlp: activation function", choices=("relu", "sigmoid", "tanh", "gelu"))
+    channels: tuple = option((32, 64, 128, 256), "convnet: channels of each stage")
+    blocks: int = option(1, "convnet: residual blocks per stage")
+    dropout: float = option(0.2, "convnet: dropout before the output layer")
+    # optimization
+    loss: str = option("ce", "ce: cross-entropy; mse: squared error of softmax probabilities", choices=("ce", "mse"))
+    label_smoothing: float = recipe_option("ce: weight moved from the true class to all classes")
+    optimizer: str = recipe_option("optimizer", choices=("sgd", "adamw"))
+    lr: float = recipe_option("peak learning rate")
+    momentum: float = option(0.9, "sgd momentum (0 for plain gradient descent)")
+    nesterov: bool = option(True, "sgd: Nesterov momentum")
+    weight_decay: float = recipe_option("weight decay (not applied to biases and norm layers)")
+    schedule: str = option("cosine", "learning rate after warmup", choices=("cosine", "constant"))
+    warmup_epochs: float = recipe_option("epochs of linear learning-rate warmup")
+    epochs: int = recipe_option("passes over the training images")
+    batch_size: int = recipe_option("images per step (per process under torchrun: the global batch is N times larger)")
+    augment: bool = option(True, "random resized crops and flips while training")
+    min_scale: float = option(0.35, "smallest share of the image area a random crop keeps")
+    mixing: str = option("none", "blend pairs of training images and their labels: mixup (whole images) or "
+                         "cutmix (a pasted rectangle); not with cached features", choices=MIXING)
+    ema: float = recipe_option("decay of a moving average of the weights that is evaluated and saved instead of the raw weights (0: off)")
+    tta: bool = recipe_option("evaluate on each image and its mirror image, averaged")
+    tta_sizes: tuple = recipe_option("with --tta, also evaluate each image decoded at these sizes "
+                                    "(comma-separated; larger ones show more detail), averaged; stored in "
+                                    "the checkpoint for predict --tta. Unset, a model that takes any size and "
+                                    "trains on random crops gets the size at which things look as large as "
+                                    "in its crops (101 for 80 px crops with --min-scale 0.35)")
+    eval_every: int = option(0, "evaluate on val every N epochs and after the last (0: every epoch in runs "
+                             "of up to 10 epochs, else about 10 times per run)")
+    # run
+    seed: int = option(0, "seed for the split, initialization, shuffling and augmentation")
+    device: str = option("auto", "auto, cpu, cuda or mps", choices=DEVICES)
+    precision: str = option("auto", "fp32; bf16 autocast; fp16 autocast with gradient scaling (CUDA only); "
+                            "auto: bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16 "
+                            "or AMX), else fp32", choices=PRECISIONS)
+    channels_last: bool = option(True, "keep images and convolution weights in NHWC order (1.3x faster training "
+                                 "on this project's CPU, and on GPUs with tensor cores; same numbers)")
+    compile: bool = option(False, "torch.compile the model: slow first steps, faster after (mostly on GPUs)")
+    out: str = option("checkpoints", "output folder for best.pt, last.pt and metrics.jsonl")
+    report: bool = option(False, "at the end, write OUT/report/report.html: curves, confusion matrix, calibration, mistakes (needs matplotlib)")
+    init: str = option("", "start from this checkpoint's weights (fine-tuning; new classes get a new output layer)")
+    freeze: bool = option(False, "train only the output layer (with --init or --pretrained)")
+    resume: str = option("", "continue an interrupted run from its last.pt")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def resolved(self) -> "TrainConfig":
+        """Fill the settings left unset from the recipe (with --init, that of the checkpoint's
+        model, pretrained if it was), and the test-time sizes as --help says."""
+        name, pretrained = self.model, self.pretrained or bool(self.weights)
+        if self.init:
+            checkpoint = load_checkpoint(self.init)
+            used = checkpoint.get("config", {})
+            name, pretrained = checkpoint["model"]["name"], bool(used.get("pretrained") or used.get("weights"))
+        recipe = recipes.recipe(name, pretrained)
+        unset = {f.name: recipe[f.name] for f in fields(self)
+                 if getattr(self, f.name) is None and f.name in recipe and f.name != "tta_sizes"}
+        config = replace(self, model=name, **unset)
+        if config.tta_sizes is None:
+            config.tta_sizes = default_tta_sizes(config, recipe)
+        return config
+
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether val is evaluated (and best.pt possibly saved) after this 1-based epoch."""
+        every = self.eval_every or math.ceil(self.epochs / 10)
+        return epoch % every == 0 or epoch == self.epochs
+
+
+def default_tta_sizes(config: TrainConfig, recipe: dict) -> tuple:
+    """Test-time sizes when --tta-sizes is not given: the recipe's if the model trains at the
+    recipe's size; for a model that takes any size and trains on random crops only, the size
+    at which things look as large as in the crops (see Augmentation.mean_zoom); else none."""
+    if "tta_sizes" in recipe and config.image_size == recipe.get("image_size"):
+        return tuple(recipe["tta_sizes"])
+    crops_only = config.augment and config.finetune == "full"  # what every training step sees
+    if crops_only and config.model in list_models() and not model_entry(config.model).fixed_size:
+        zoomed = Augmentation(config.min_scale).source_size(config.image_size)  # (unknown models are
+        return (zoomed,) if zoomed > config.image_size else ()  # reported later, naming the checkpoint)
+    return ()

@@ -1,0 +1,246 @@
+"""The training loop, in plain PyTorch: forward, loss, backward, step; evaluate.
+
+    for epoch in range(state.epoch, config.epochs):
+        train_one_epoch(trainer, batches, state, stop)      # one pass over the training data
+        evaluate(model, logits_of, val_batches, ...)        # loss and accuracy on val
+
+train.py drives it (data, model, checkpoints); this module knows nothing about files or flags.
+Randomness (shuffling, augmentation, dropout) is drawn from generators seeded by
+(seed, epoch, step), so a run interrupted at any step and resumed gives the same weights and
+the same metrics as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from classifier import distributed
+from classifier.config import TrainConfig
+from classifier.data import Batches
+from classifier.errors import ClassifierError
+from classifier.progress import progress
+from classifier.runtime import autocast
+
+
+def compute_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
+    """ce: cross-entropy; mse: the article's error, mean squared difference between the
+    softmax probabilities and the one-hot target. targets: class indices [N], or class
+    probabilities [N, classes] (mixed images)."""
+    if kind == "ce":
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    if targets.ndim == 1:
+        targets = F.one_hot(targets, logits.shape[1]).float()
+    return F.mse_loss(logits.softmax(dim=1), targets)
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Weight decay on weights, not on biases and norm layers; the output layer at --lr, the
+    other (pretrained) layers at --lr times --backbone-lr."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if (p.ndim > 1) == decay and (id(p) in head) == in_head],
+               "weight_decay": config.weight_decay if decay else 0.0,
+               "lr": config.lr * (1.0 if in_head else config.backbone_lr)}
+              for in_head in (True, False) for decay in (True, False)]
+    groups = [group for group in groups if group["params"]]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov and config.momentum > 0)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def make_schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
+    """Linear warmup, then cosine decay to zero (or constant), updated every step."""
+    warmup = max(1, round(config.warmup_epochs * steps_per_epoch))
+    total = max(config.epochs * steps_per_epoch, warmup + 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def ema_update(decay: float):
+    """An AveragedModel update: exponential moving average whose decay grows to `decay` as
+    (1 + n) / (10 + n) over the first updates, so early averages are not dominated by the
+    random initialization."""
+
+    def update(averaged: list, current: list, updates) -> None:
+        n = float(updates)
+        if averaged[0].is_floating_point():  # called once per dtype; counters are copied as they are
+            torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
+        else:
+            torch._foreach_copy_(averaged, current)
+
+    return update
+
+
+def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """With decay > 0, the moving average that evaluation and checkpoints use instead of `model`."""
+    return AveragedModel(model, multi_avg_fn=ema_update(decay), use_buffers=True) if decay else None
+
+
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    return (seed * 1_000_003 + epoch) * 100_003 + step
+
+
+@dataclass
+class Running:
+    """Sums over the steps of an epoch so far (over every process of a distributed run)."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+
+    @classmethod
+    def restore(cls, saved) -> "Running":
+        """From a checkpoint: a dict, or the [loss_sum, correct, seen] list of older checkpoints."""
+        return cls(**saved) if isinstance(saved, dict) else cls(*saved)
+
+    def add(self, loss_sum: float, correct: float, seen: float) -> None:
+        self.loss_sum, self.correct, self.seen = self.loss_sum + loss_sum, self.correct + correct, self.seen + seen
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.seen, 1)
+
+
+@dataclass
+class TrainState:
+    """Where a run is: what last.pt keeps so that --resume continues exactly here."""
+
+    epoch: int = 0  # epochs finished (the current epoch, counted from 0)
+    step: int = 0  # steps finished in the current epoch
+    best_accuracy: float = -1.0
+    running: Running = field(default_factory=Running)
+
+    @classmethod
+    def restore(cls, saved: dict) -> "TrainState":
+        return cls(saved["epoch"], saved["step"], saved["best_accuracy"], Running.restore(saved["running"]))
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "best_accuracy": self.best_accuracy,
+                "running": asdict(self.running)}
+
+    def next_epoch(self) -> None:
+        self.epoch, self.step, self.running = self.epoch + 1, 0, Running()
+
+
+@dataclass
+class Trainer:
+    """What every step of a run uses. `prepare` turns a batch into the model's inputs and targets
+    (augmentation, mixing, normalization; nothing for cached features) and `forward` turns those
+    into logits (the whole model, or for cached features its tail)."""
+
+    model: nn.Module  # what the optimizer updates
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    prepare: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: AveragedModel | None
+    config: TrainConfig
+    device: torch.device
+    freeze: bool = False  # a frozen body stays in eval mode
+
+
+def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+               where: str) -> list[float]:
+    """One optimizer step on a batch; returns [loss sum, correct, images] over all processes."""
+    config = trainer.config
+    x, targets = trainer.prepare(images.to(trainer.device), labels.to(trainer.device), generator)
+    with autocast(trainer.device, config.precision):
+        logits = trainer.forward(x).float()
+    loss = compute_loss(config.loss, logits, targets, config.label_smoothing)
+    majority = targets.argmax(1) if targets.ndim == 2 else targets  # mixed: the larger share
+    sums = distributed.all_sum([loss.item() * len(labels), (logits.argmax(1) == majority).sum().item(), len(labels)])
+    if not math.isfinite(sums[0]):
+        raise ClassifierError(f"the loss became {sums[0] / sums[2]} at {where}: training diverged; "
+                              f"try a lower --lr (now {config.lr}); saved checkpoints were kept")
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.scheduler.step()
+    if trainer.ema:
+        trainer.ema.update_parameters(trainer.model)
+    return sums
+
+
+def train_one_epoch(trainer: Trainer, batches: Batches, state: TrainState, stop: "StopSignal",
+                    show: bool = True) -> bool:
+    """Train on every batch of epoch state.epoch from step state.step on; False if a stop was
+    requested (in any process) before the last step, with `state` where it stopped."""
+    config, epoch = trainer.config, state.epoch
+    trainer.model.train(not trainer.freeze)
+    trainer.model.get_classifier().train()
+    batches.generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, -1))
+    bar = progress(batches, f"epoch {epoch + 1}/{config.epochs}", unit="batch", enabled=show)
+    for step, (images, labels) in enumerate(bar):
+        if step < state.step:
+            continue  # resuming mid-epoch: these batches were already trained on
+        torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout
+        generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, step))
+        state.running.add(*train_step(trainer, images, labels, generator, f"epoch {epoch + 1}, step {step}"))
+        state.step = step + 1
+        bar.set_postfix(loss=f"{state.running.loss:.4f}", acc=f"{state.running.accuracy:.3f}")
+        if distributed.any_rank(stop.requested) and state.step < len(batches):
+            return False
+    return True
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, logits_of: Callable[[list[torch.Tensor]], torch.Tensor],
+             batches: list[Batches], loss_kind: str, device: torch.device) -> dict:
+    """Loss and accuracy on images the model does not train on, and the logits and labels.
+    `batches`: the same images at each test-time size (one Batches each, in step);
+    `logits_of` turns one batch at every size into averaged logits (tta.py)."""
+    model.eval()
+    total_loss, correct, seen, logits_seen, labels_seen = 0.0, 0, 0, [], []
+    for sizes in zip(*batches):
+        labels = sizes[0][1].to(device)
+        logits = logits_of([x.to(device) for x, _ in sizes])
+        total_loss += compute_loss(loss_kind, logits, labels).item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        logits_seen.append(logits.cpu())
+        labels_seen.append(labels.cpu())
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1),
+            "logits": torch.cat(logits_seen), "labels": torch.cat(labels_seen)}
+
+
+class StopSignal:
+    """While active, Ctrl-C (SIGINT) and SIGTERM ask the loop to stop after the current step,
+    so the state it saves is consistent; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = ""
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

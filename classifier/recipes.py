@@ -1,0 +1,48 @@
+"""Every recipe in one place, as plain data (like airbench's `hyp`).
+
+A training setting left unset on the command line (None in TrainConfig) is filled once, at the
+start of a run, from `recipe(model, pretrained)`: the from-scratch recipe, or, with --pretrained,
+the backbone's own recipe on top of it. A flag the user gives always wins; the checkpoint stores
+the settings actually used, so --resume and --init repeat them.
+Why each value: README ("From scratch: the default recipe", "Pretrained backbones") and the
+benchmarks that chose them (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+# `python train.py --data DIR`: a small ResNet-style convnet from random weights.
+SCRATCH = {
+    "image_size": 80,  # crops of this size; evaluated also at the test-time size (config.py)
+    "epochs": 90,
+    "batch_size": 64,
+    "optimizer": "sgd",  # with Nesterov momentum 0.9 (TrainConfig.momentum, .nesterov)
+    "lr": 0.03,
+    "warmup_epochs": 2.0,
+    "weight_decay": 8e-3,  # not on biases and norm layers
+    "label_smoothing": 0.1,
+    "ema": 0.999,  # the moving average of the weights is what is evaluated and saved
+    "tta": True,  # the photo and its mirror image, averaged
+    "finetune": "full",
+    "finetune_stages": 2,
+    "views": 1,
+    "backbone_lr": 1.0,
+}
+
+# What a pretrained network does not need of the from-scratch recipe.
+PRETRAINED = {**SCRATCH, "label_smoothing": 0.0, "ema": 0.0, "warmup_epochs": 1.0, "tta": False}
+
+# A linear probe on cached features of the frozen network: nearly all the time goes into one
+# pass of the frozen network over the photos; the probe's epochs then take about a second each.
+PROBE = {**PRETRAINED, "finetune": "probe", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05,
+         "batch_size": 64}
+
+BACKBONES = {  # `--model NAME --pretrained`
+    "efficientnet_lite0": {**PROBE, "image_size": 272, "views": 2, "epochs": 10, "tta": True, "tta_sizes": (320,)},
+    "resnet18": {**PROBE, "image_size": 224, "views": 1, "epochs": 30},
+    "mobilenet_v3_large": {**PROBE, "image_size": 224, "views": 1, "epochs": 30},
+}
+
+
+def recipe(model: str, pretrained: bool) -> dict:
+    """The settings a run of `model` starts from."""
+    return BACKBONES.get(model, PRETRAINED) if pretrained else SCRATCH

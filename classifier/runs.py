@@ -1,0 +1,143 @@
+"""The files a training run leaves for people and for the report, in its output folder:
+
+  metrics.jsonl           one line per epoch: train loss and accuracy, learning rate; val loss
+                          and accuracy after evaluated epochs (--eval-every)
+  val_predictions.jsonl   one line per validation image, from the best checkpoint's epoch:
+                          path, true label, the probability of every class
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from classifier.checkpoint import load_checkpoint
+from classifier.data import find_dataset
+from classifier.errors import ClassifierError
+from classifier.images import DecodedImages, Preprocessing
+from classifier.inference import Classifier
+from classifier.tta import decode_sizes
+
+METRICS_FILE = "metrics.jsonl"
+PREDICTIONS_FILE = "val_predictions.jsonl"
+
+
+def append_metrics(run_dir: str | Path, metrics: dict) -> None:
+    with open(Path(run_dir) / METRICS_FILE, "a") as log:
+        log.write(json.dumps(metrics) + "\n")
+
+
+def write_predictions(run_dir: str | Path, val_sizes: list[DecodedImages], tta: bool = False,
+                      device: str = "auto", batch_size: int = 256,
+                      probabilities: torch.Tensor | None = None) -> Path:
+    """Classify the decoded validation images (val_sizes: at each test-time size, as
+    decode_sizes gives them) with run_dir/best.pt (through Classifier, the one inference
+    path) and write val_predictions.jsonl: one JSON line per image with its
+    path, true label, every class's probability as predict gives it (divided by best.pt's
+    calibration temperature), that temperature, and best.pt's epoch. Training passes the
+    `probabilities` it already computed for best.pt, sparing a second pass over val."""
+    checkpoint = Path(run_dir) / "best.pt"
+    saved = load_checkpoint(checkpoint)
+    classifier = Classifier.load(checkpoint, device, saved.get("config", {}).get("precision", "fp32"),
+                                 fuse=False)  # as training evaluated it: the same numbers, to the last bit
+    epoch = saved["epoch"]
+    val_images = val_sizes[0]
+    if probabilities is None:
+        probabilities = torch.cat([classifier.probabilities([v.images[i:i + batch_size] for v in val_sizes], tta)
+                                   for i in range(0, len(val_images), batch_size)])
+    probabilities = probabilities.double()
+    path = Path(run_dir) / PREDICTIONS_FILE
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as file:
+        for image, label, row in zip(val_images.paths, val_images.labels.tolist(), probabilities.tolist()):
+            file.write(json.dumps({"path": os.path.abspath(image), "label": classifier.classes[label],
+                                   "label_index": label, "epoch": epoch,
+                                   "temperature": classifier.temperature,
+                                   "probabilities": dict(zip(classifier.classes, row))}) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def predict_validation(run_dir: str | Path) -> Path:
+    """Write val_predictions.jsonl for a run that has best.pt but none (an older or stopped run):
+    the validation images are found again from the data settings best.pt records."""
+    checkpoint = load_checkpoint(Path(run_dir) / "best.pt")
+    config = checkpoint["config"]
+    dataset = find_dataset(config["data"], config["val_fraction"], config["seed"])
+    if dataset.classes != checkpoint["classes"]:
+        raise ClassifierError(f"{config['data']} now has classes {dataset.classes}, but "
+                              f"{run_dir}/best.pt was trained on {checkpoint['classes']}")
+    tta = config.get("tta", False)
+    val_sizes = decode_sizes(dataset.val.paths, dataset.val.labels, Preprocessing(**checkpoint["preprocessing"]),
+                             tta, config.get("cache_dir") or None, desc="decoding val")
+    return write_predictions(run_dir, val_sizes, tta)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The per-epoch metrics of the latest run in run_dir (an earlier run's lines are dropped)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise ClassifierError(f"{run_dir}: no {METRICS_FILE}; pass the folder a training run "
+                              f"wrote to (train.py --out)")
+    runs: list[list[dict]] = [[]]
+    for line in path.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            if runs[-1] and entry["epoch"] <= runs[-1][-1]["epoch"]:
+                runs.append([])  # the epoch count started again: a new run in the same folder
+            runs[-1].append(entry)
+    if not runs[-1]:
+        raise ClassifierError(f"{path}: holds no epochs yet")
+    return runs[-1]
+
+
+@dataclass
+class Predictions:
+    """Validation predictions: probabilities [N, classes] (after the calibration temperature),
+    true labels [N], image paths."""
+
+    classes: list[str]
+    paths: list[str]
+    labels: torch.Tensor
+    probabilities: torch.Tensor
+    epoch: int
+    temperature: float = 1.0
+
+    @property
+    def uncalibrated(self) -> torch.Tensor:
+        """The probabilities before the temperature: softmax(z / T) ** T, renormalized, is softmax(z)."""
+        raw = self.probabilities.pow(self.temperature)
+        return raw / raw.sum(dim=1, keepdim=True)
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.probabilities.argmax(dim=1)
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        return self.probabilities.amax(dim=1)
+
+
+def read_predictions(run_dir: str | Path) -> Predictions:
+    """The run's validation predictions; made from best.pt first when training did not write
+    them, or wrote them before best.pt last changed (a run stopped early)."""
+    path, best = Path(run_dir) / PREDICTIONS_FILE, Path(run_dir) / "best.pt"
+    if best.is_file() and (not path.is_file() or path.stat().st_mtime < best.stat().st_mtime):
+        predict_validation(run_dir)
+    elif not path.is_file():
+        raise ClassifierError(f"{run_dir}: neither {PREDICTIONS_FILE} nor best.pt; pass the "
+                              f"folder a training run wrote to (train.py --out)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ClassifierError(f"{path}: holds no predictions")
+    classes = list(rows[0]["probabilities"])
+    return Predictions(
+        classes, [r["path"] for r in rows], torch.tensor([r["label_index"] for r in rows]),
+        torch.tensor([[r["probabilities"][c] for c in classes] for r in rows], dtype=torch.float64),
+        rows[0]["epoch"], rows[0].get("temperature", 1.0))
+
+
