@@ -450,8 +450,7 @@ def serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Exit status 0 after a clean stop (Ctrl-C, SIGTERM), 1 for a ClassifierError (one line)."""
     args = parser().parse_args(argv)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _stop)
+    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         return serve(args)
     except ClassifierError as error:
@@ -460,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped:
         print("stopped", file=sys.stderr)
         return 0
+    finally:  # a caller in the same process (a test) gets its own handlers back
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
