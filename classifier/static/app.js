@@ -16,6 +16,11 @@ function neitherRule(neither) {
   return `${neither.method} score below ${neither.threshold.toFixed(3)}`;
 }
 
+function when(timestamp) {
+  const date = new Date(timestamp);
+  return isNaN(date) ? timestamp : date.toISOString().slice(0, 16).replace("T", " ") + " UTC";
+}
+
 function showModelCard(card) {
   const rows = [
     ["model", `${card.model} (${card.checkpoint})`],
@@ -24,16 +29,18 @@ function showModelCard(card) {
     ["val accuracy", card.val_accuracy == null ? "unknown" : percent(card.val_accuracy) + (card.epoch ? ` (epoch ${card.epoch})` : "")],
     ["temperature", card.temperature.toFixed(3)],
     ["neither rule", neitherRule(card.neither)],
-    ["trained", card.trained_at],
+    ["trained", when(card.trained_at)],
     ["trained on", card.trained_on || "unknown"],
   ];
   const list = document.createElement("dl");
   for (const [name, value] of rows) {
+    const pair = document.createElement("div");
     const term = document.createElement("dt");
     const text = document.createElement("dd");
     term.textContent = name;
     text.textContent = value;
-    list.append(term, text);
+    pair.append(term, text);
+    list.append(pair);
   }
   document.getElementById("model-card").replaceChildren(list);
 }
