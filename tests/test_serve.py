@@ -217,9 +217,9 @@ def test_concurrent_submissions_share_batches():
 def test_every_flag_is_documented_with_its_default():
     help_text = parser().format_help()
     for flag in ("--checkpoint", "--host", "--port", "--max-upload-mb", "--batch-size", "--batch-wait-ms",
-                 "--tta", "--device", "--precision", "--access-log"):
+                 "--tta", "--device", "--precision", "--threads", "--access-log"):
         assert flag in help_text
-    assert help_text.count("(default:") >= 10
+    assert help_text.count("(default:") >= 11
     defaults = parser().parse_args([])
     assert (defaults.host, defaults.port, defaults.max_upload_mb) == ("127.0.0.1", 8000, 20)
 
