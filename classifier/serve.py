@@ -86,10 +86,11 @@ def open_upload(data: bytes, name: str, size_hint: int) -> Image.Image:
         if image.format == "JPEG":
             image.draft("RGB", (size_hint, size_hint))
         return image
+    except Image.UnidentifiedImageError:
+        reason = "empty file" if not data else "not an image format Pillow knows"
     except Exception as error:  # Pillow raises many types on broken files; all mean "unreadable"
-        reason = ("empty file" if not data else "not an image format Pillow knows"
-                  if isinstance(error, Image.UnidentifiedImageError) else (str(error).splitlines() or [type(error).__name__])[0])
-        raise ClassifierError(f"{name}: cannot read image ({reason})") from None
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+    raise ClassifierError(f"{name}: cannot read image ({reason})")
 
 
 def decode_upload(classifier: Classifier, data: bytes, name: str, tta: bool) -> list[torch.Tensor]:
@@ -398,6 +399,12 @@ def _stop(signum, frame):
     raise Stopped()
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m classifier.serve", description="Serve a web page and an HTTP API over a checkpoint.",
@@ -410,20 +417,21 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: %(default)s)")
     parser.add_argument("--max-upload-mb", type=float, default=20,
                         help="largest request body accepted, in MB; larger ones get 413 (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=MAX_BATCH,
+    parser.add_argument("--batch-size", type=_positive, default=MAX_BATCH,
                         help="most photos per forward pass (default: %(default)s)")
     parser.add_argument("--batch-wait-ms", type=float, default=BATCH_WAIT_MS,
                         help="how long a batch smaller than --batch-size waits for more photos (default: %(default)s)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="test-time augmentation as predict.py --tta (default: as training evaluated the checkpoint)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="(default: %(default)s)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="where the model runs, as predict.py --device (default: %(default)s)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="of the forward pass, as predict.py --precision (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0,
                         help="threads of the model's forward pass; 0: PyTorch's choice, one per core. On a "
                              "machine shared with other busy processes, 1 can be much faster (default: %(default)s)")
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
-                        help="print a line per request on stderr (default: on)")
+                        help="print a line per request (default: on)")
     return parser
 
 

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import httpx2
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from classifier.checkpoint import load_checkpoint
 from classifier.cli import train_main
 from classifier.predict import Classifier
-from classifier.serve import Batcher, Service, create_app, parser
+from classifier.serve import Batcher, Service, create_app, decode_upload, parser
 from conftest import REPO, train_args
 from image_zoo import png_claiming
 
@@ -93,6 +94,15 @@ def test_one_and_several_photos_answer_as_predict_does(client, classifier, photo
     assert_same_results(one.json(), expected(classifier, photos[:1]))
     several = client.post("/predict", files=as_files(*((p.name, p.read_bytes()) for p in photos)))
     assert_same_results(several.json(), expected(classifier, photos))
+
+
+def test_an_upload_decodes_exactly_as_the_same_file_on_disk(classifier, photos):
+    """Each test-time size from its own draft-mode decoding, as predict.py reads a path."""
+    for tta in (True, False):
+        uploaded = decode_upload(classifier, photos[0].read_bytes(), photos[0].name, tta)
+        on_disk = classifier.decode(photos[0], tta)
+        assert len(uploaded) == len(on_disk) == (2 if tta else 1)
+        assert all(torch.equal(a, b) for a, b in zip(uploaded, on_disk))
 
 
 def test_unreadable_files_get_an_error_in_their_place(client, classifier, photos):
@@ -262,7 +272,10 @@ def test_real_server_answers_then_stops_cleanly_on_sigterm(checkpoint, classifie
     assert url.startswith("http://127.0.0.1:")
     with httpx2.Client(base_url=url, timeout=30) as http:
         assert http.get("/health").json() == {"status": "ok"}
-        assert http.get("/info").json()["classes"] == ["cat", "dog"]
+        started = time.perf_counter()
+        for _ in range(20):
+            assert http.get("/info").json()["classes"] == ["cat", "dog"]
+        assert time.perf_counter() - started < 0.5  # no response waits 40 ms for a delayed ACK (TCP_NODELAY)
         padded = photos[3].read_bytes() + b"\0" * (1 << 20)  # over 1 MB: spooled to an unnamed file
         sent = [(p.name, p.read_bytes()) for p in photos] + [("x.txt", b"hello"), (HOSTILE, padded)]
         answers = http.post("/predict", files=as_files(*sent)).json()
