@@ -258,7 +258,7 @@ class Service:
         """Grad-CAM for the class the photo scored highest, as a PNG data URL. Runs in the model
         thread, so the unfused copy explain needs is loaded once, on first use, without a lock."""
         if self.explainer is None:
-            self.explainer = Classifier.load(self.checkpoint, str(self.classifier.device),
+            self.explainer = Classifier.load(self.checkpoint, self.classifier.device.type,
                                              self.classifier.precision, fuse=False)
         probabilities = result["probabilities"]
         target = self.classifier.classes.index(max(probabilities, key=probabilities.get))
