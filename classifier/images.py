@@ -12,6 +12,7 @@ can be unusable into one ClassifierError naming it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sys
@@ -71,9 +72,9 @@ class Preprocessing:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def decode(self, source: str | Path | Image.Image) -> torch.Tensor:
-        """Read one image (path or PIL image) as a uint8 tensor [3, size, size] (image_size)."""
-        image = open_image(source, size_hint=self.image_size)
+    def decode(self, source: "Source", name: str | None = None) -> torch.Tensor:
+        """Read one image (see open_image) as a uint8 tensor [3, size, size] (image_size)."""
+        image = open_image(source, size_hint=self.image_size, name=name)
         size = (self.image_size, self.image_size)
         if self.resize == "squash":
             image = image.resize(size, Image.Resampling.BILINEAR)
@@ -90,8 +91,14 @@ class Preprocessing:
         return (images - mean) / std
 
 
-def open_image(source: str | Path | Image.Image, size_hint: int | None = None) -> Image.Image:
+Source = str | Path | Image.Image | bytes  # a file, an image opened by the caller, or a file's bytes
+
+
+def open_image(source: Source, size_hint: int | None = None, name: str | None = None) -> Image.Image:
     """Open any image Pillow can read as RGB, upright, first frame; ClassifierError if not.
+
+    source: a path, a PIL image, or the bytes of a file (an upload: never written to disk, and
+    Pillow gets no file name to read); `name` names it in error messages.
 
     size_hint lets JPEG decoding skip detail finer than needed (Pillow's draft mode), which
     makes decoding a 500x375 photo for a 64 px model several times faster.
@@ -100,12 +107,13 @@ def open_image(source: str | Path | Image.Image, size_hint: int | None = None) -
     decode to more than MAX_PIXELS (after draft mode) is refused, and Pillow's own guard
     refuses anything claiming over twice Image.MAX_IMAGE_PIXELS as soon as it is opened.
     """
-    path = None if isinstance(source, Image.Image) else source
-    name = (getattr(source, "filename", "") or "image") if path is None else source
+    path = source if isinstance(source, (str, Path)) else None
+    if name is None:
+        name = path or (getattr(source, "filename", "") or "image" if isinstance(source, Image.Image) else "upload")
     try:
-        if path is None:  # an image opened by the caller may not be decoded yet
+        if isinstance(source, Image.Image):  # opened by the caller, maybe not decoded yet
             return _upright_rgb(source, name)
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else path) as image:
             if size_hint and image.format == "JPEG":
                 image.draft("RGB", (size_hint, size_hint))
             return _upright_rgb(image, name)
@@ -114,7 +122,8 @@ def open_image(source: str | Path | Image.Image, size_hint: int | None = None) -
     except FileNotFoundError:
         reason = "broken symbolic link" if path and os.path.islink(path) else "no such file"
     except Image.UnidentifiedImageError:
-        reason = "empty file" if path and os.path.getsize(path) == 0 else "not an image format Pillow knows"
+        empty = not source if isinstance(source, bytes) else os.path.getsize(path) == 0
+        reason = "empty file" if empty else "not an image format Pillow knows"
     except Exception as error:  # Pillow raises many types on broken files; all mean "unreadable"
         reason = getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
     raise ClassifierError(f"{name}: cannot read image ({reason})")

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
-from PIL import Image
 from torch import nn
 
 from classifier import neither
 from classifier.checkpoint import load_checkpoint, model_from_checkpoint
 from classifier.errors import ClassifierError
-from classifier.images import Preprocessing, decode_stream
+from classifier.images import Preprocessing, Source, decode_stream
 from classifier.runtime import fuse_batch_norms, resolve_precision, select_device
 from classifier.tta import Batches, as_list, average, decodings, model_outputs, views
 
@@ -64,10 +63,11 @@ class Classifier:
                    float(checkpoint.get("temperature", 1.0)), device, checkpoint.get("neither"),
                    resolve_precision(precision, device), bool(checkpoint.get("config", {}).get("tta", False)))
 
-    def decode(self, source: str | Path | Image.Image, tta: bool | None = None) -> list[torch.Tensor]:
-        """One photo -> the uint8 tensors a prediction takes: at the image size and, with TTA,
-        at each of the model's test-time sizes. None: self.tta, in every method."""
-        return [p.decode(source) for p in decodings(self.preprocessing, self.tta if tta is None else tta)]
+    def decode(self, source: Source, tta: bool | None = None, name: str | None = None) -> list[torch.Tensor]:
+        """One photo (a path, a PIL image, or a file's bytes named `name`) -> the uint8 tensors a
+        prediction takes: at the image size and, with TTA, at each of the model's test-time
+        sizes. tta None: self.tta, in every method."""
+        return [p.decode(source, name) for p in decodings(self.preprocessing, self.tta if tta is None else tta)]
 
     def logits(self, images: Batches, tta: bool | None = None, imagenet: bool = False):
         """uint8 images [N, 3, S, S] (a list of them, one per decoding, with TTA) -> (logits,
@@ -91,19 +91,20 @@ class Classifier:
         """uint8 images -> probabilities [N, classes]."""
         return self.outputs(images, tta, known=False)[0]
 
-    def predict(self, image: str | Path | Image.Image, tta: bool | None = None) -> dict[str, float]:
-        """One photo (a path or a PIL image) -> {class name: probability}."""
+    def predict(self, image: Source, tta: bool | None = None) -> dict[str, float]:
+        """One photo (a path, a PIL image or a file's bytes) -> {class name: probability}."""
         probabilities = self.probabilities([x[None] for x in self.decode(image, tta)], tta)[0]
         return dict(zip(self.classes, probabilities.tolist()))
 
-    def results(self, names: list[str], decoded: list[list[torch.Tensor]], tta: bool | None = None) -> list[dict]:
-        """Photos already decoded (self.decode) -> one result each, as predict --json prints it:
-        {"path", "label", "probabilities"} and, with a neither rule, "known_score" and "neither"."""
+    def results(self, decoded: list[list[torch.Tensor]], tta: bool | None = None) -> list[dict]:
+        """Photos already decoded (self.decode) -> one answer each, as predict --json prints it
+        (after "path"): "label", "probabilities" and, with a neither rule, "known_score" and
+        "neither". One forward pass for all of them."""
         batches = [torch.stack(size) for size in zip(*decoded)]  # each photo's tensors, regrouped by size
         probabilities, scores = self.outputs(batches, tta)
         results = []
-        for i, (name, row) in enumerate(zip(names, probabilities.tolist())):
-            result = {"path": name, "label": self.classes[max(range(len(row)), key=row.__getitem__)],
+        for i, row in enumerate(probabilities.tolist()):
+            result = {"label": self.classes[max(range(len(row)), key=row.__getitem__)],
                       "probabilities": {c: round(p, 6) for c, p in zip(self.classes, row)}}
             if scores is not None:  # "neither": the photo shows none of the trained classes
                 result["known_score"] = round(scores[i].item(), 6)
@@ -117,16 +118,20 @@ class Classifier:
         """Yield one result per path, in order (see `results`), or {"path", "error"}. Decoding
         runs ahead in threads; one bad file stops nothing."""
         pending: list[tuple[str, list[torch.Tensor]]] = []
+
+        def flush():
+            answers = self.results([tensors for _, tensors in pending], tta) if pending else []
+            yield from ({"path": path, **answer} for (path, _), answer in zip(pending, answers))
+            pending.clear()
+
         for path, tensors, error in decode_stream(paths, lambda source: self.decode(source, tta), workers):
             if error is None:
                 pending.append((str(path), tensors))
             if pending and (error is not None or len(pending) == batch_size):
-                yield from self.results(*map(list, zip(*pending)), tta)
-                pending.clear()
+                yield from flush()
             if error is not None:
                 yield {"path": str(path), "error": error}
-        if pending:
-            yield from self.results(*map(list, zip(*pending)), tta)
+        yield from flush()
 
 
 @dataclass
