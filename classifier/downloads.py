@@ -24,14 +24,14 @@ OFFLINE_HELP = ("without a network, put your own photos in DIR/train/<class>/ an
                 "(or DIR/<class>/) and pass --data DIR")
 
 
-def fetch(dataset_class, root: Path, download: bool, **options):
-    """A torchvision dataset, downloaded into root when missing; one-line errors offline."""
+def fetch(name: str, root: Path, download: bool, **options):
+    """torchvision.datasets.<name>, downloaded into root when missing; one-line errors offline."""
     try:
-        return dataset_class(str(root), download=download, **options)
+        return getattr(torchvision.datasets, name)(str(root), download=download, **options)
     except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
-        raise ClassifierError(f"{dataset_class.__name__} not found under {root} ({error})") from None
+        raise ClassifierError(f"{name} not found under {root} ({error})") from None
     except OSError as error:
-        raise ClassifierError(f"could not download {dataset_class.__name__} into {root} "
+        raise ClassifierError(f"could not download {name} into {root} "
                               f"({getattr(error, 'reason', None) or error}); {OFFLINE_HELP}") from None
 
 
@@ -50,7 +50,7 @@ def oxford_pets(out: Path, root: Path, download: bool = True) -> dict:
     split val/. With download=False the archives must already be unpacked under root."""
     counts = {}
     for split, folder in (("trainval", "train"), ("test", "val")):
-        pets = fetch(torchvision.datasets.OxfordIIITPet, root, download, split=split,
+        pets = fetch("OxfordIIITPet", root, download, split=split,
                      target_types="binary-category")
         for image_path, label in progress(list(zip(pets._images, pets._bin_labels)), f"writing {folder}/"):
             name = pets.bin_classes[label].lower()
@@ -59,12 +59,12 @@ def oxford_pets(out: Path, root: Path, download: bool = True) -> dict:
     return counts
 
 
-def cifar(dataset_class, out: Path, root: Path, download: bool = True) -> dict:
+def cifar(name: str, out: Path, root: Path, download: bool = True) -> dict:
     """CIFAR-10/100 as out/{train,val}/<class>/<index>.png: its train split becomes train/, its
     test split val/ (the pixel arrays are written once as PNG files)."""
     counts = {}
     for train, folder in ((True, "train"), (False, "val")):
-        dataset = fetch(dataset_class, root, download, train=train)
+        dataset = fetch(name, root, download, train=train)
         for index, (pixels, label) in enumerate(progress(list(zip(dataset.data, dataset.targets)), f"writing {folder}/")):
             target = out / folder / dataset.classes[label] / f"{index}.png"
             if not target.exists():
@@ -76,8 +76,8 @@ def cifar(dataset_class, out: Path, root: Path, download: bool = True) -> dict:
 
 SOURCES = {  # name after "torchvision:" -> how to write it out as folders
     "OxfordIIITPet": oxford_pets,
-    "CIFAR10": lambda out, root, download=True: cifar(torchvision.datasets.CIFAR10, out, root, download),
-    "CIFAR100": lambda out, root, download=True: cifar(torchvision.datasets.CIFAR100, out, root, download),
+    "CIFAR10": lambda out, root, download=True: cifar("CIFAR10", out, root, download),
+    "CIFAR100": lambda out, root, download=True: cifar("CIFAR100", out, root, download),
 }
 
 
