@@ -1,6 +1,6 @@
 """Score both recipes on photos no setting was chosen on: another split of the same data.
 
-    python benchmarks/held_out.py --data ../shared/data/catsdogs
+    python -m benchmarks.held_out --data ../shared/data/catsdogs
 
 The recipes' settings (image size, epochs, weight decay, ...) were chosen by their accuracy on
 val/, so val/ may flatter them. This builds another split of the same photos in a temporary
@@ -14,15 +14,10 @@ last epoch's number is the one nothing was chosen on). Writes its section of ben
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from from_scratch import run_recipe  # noqa: E402
-from results import write_section  # noqa: E402
+from benchmarks.common import class_tag, cpu_class, train_run, write_section
 
 RECIPES = {  # name: flags after --data
     "from scratch (the default)": [],
@@ -55,18 +50,19 @@ def main() -> None:
         split = Path(tmp) / "split"
         counts = build_split(Path(args.data).resolve(), split)
         for index, (name, flags) in enumerate(RECIPES.items()):
-            wall, evaluated = run_recipe(str(split), Path(tmp) / str(index), flags)
-            last, best = evaluated[-1], max(evaluated, key=lambda m: m["val_accuracy"])
+            run = train_run(str(split), Path(tmp) / str(index), flags)
+            last, best = run["evaluated"][-1], max(run["evaluated"], key=lambda m: m["val_accuracy"])
             rows.append(f"| {name} | `{' '.join(flags) or '(none)'}` | {last['val_accuracy']:.2%} "
-                        f"(epoch {last['epoch']}) | {best['val_accuracy']:.2%} (epoch {best['epoch']}) | {wall:.0f} s |")
+                        f"(epoch {last['epoch']}) | {best['val_accuracy']:.2%} (epoch {best['epoch']}) | "
+                        f"{run['wall']:.0f} s | {run['log'][-1].get('tflop', float('nan')):.1f} |")
             print(rows[-1], flush=True)
     body = "\n".join([
         f"Split: {counts['held out']} held-out photos (every other photo of each class in train/), "
         f"{counts['train']} training photos (the rest of train/ and all of val/).", "",
-        "| recipe | flags | held-out accuracy, last epoch | best epoch (chosen on them) | wall time |",
-        "|---|---|---|---|---|", *rows,
+        "| recipe | flags | held-out accuracy, last epoch | best epoch (chosen on them) | wall time | TFLOP |",
+        "|---|---|---|---|---|---|", *rows,
     ])
-    write_section("held_out", "Held-out photos: another split of the same data (benchmarks/held_out.py)", body)
+    write_section(f"held_out-{class_tag()}", f"Held-out photos: another split of the same data ({cpu_class()})", body)
 
 
 if __name__ == "__main__":

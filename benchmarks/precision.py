@@ -1,7 +1,8 @@
 """fp32 against bf16 autocast, NCHW against channels-last memory order, on this CPU: training
-and inference speed of the default convnet, and how far bf16 moves its outputs.
+and inference speed of the default convnet (the run's own training step), and how far bf16
+moves its outputs.
 
-    python benchmarks/precision.py
+    python -m benchmarks.precision --data ../shared/data/catsdogs
 
 Writes its section of benchmarks/RESULTS.md.
 """
@@ -9,80 +10,66 @@ Writes its section of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import sys
+import tempfile
 import time
-from pathlib import Path
+from dataclasses import replace
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from classifier.models import create_model, model_arguments  # noqa: E402
-from classifier.runtime import autocast  # noqa: E402
-from classifier.train import TrainConfig, compute_loss, make_optimizer  # noqa: E402
-from results import write_section  # noqa: E402
+from benchmarks.common import class_tag, cpu_class, rate, write_section
+from classifier import distributed, train
+from classifier.config import TrainConfig
+from classifier.runtime import autocast
 
 
-def images_per_second(step, batch: int, seconds: float) -> float:
-    step()  # warm-up
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        step()
-        done += batch
+def inference_rate(model, x: torch.Tensor, precision: str, seconds: float) -> float:
+    model.eval()
+    with torch.inference_mode(), autocast(x.device, precision):
+        model(x)  # warm-up
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            model(x)
+            done += len(x)
     return done / (time.perf_counter() - started)
+
+
+def measure(data: str, precision: str, channels_last: bool, seconds: float) -> tuple[str, torch.Tensor]:
+    """One table row, and the model's probabilities on a fixed batch."""
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(data=data, out=out, device="cpu", precision=precision,
+                             channels_last=channels_last).resolved()
+        torch.manual_seed(0)
+        run = train.setup(config, None, distributed.start("cpu"))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    size, batch = config.image_size, config.batch_size
+    x = run.preprocessing.normalize(torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)))
+    x = x.contiguous(memory_format=layout)
+    noise = [(x, torch.randint(0, 2, (batch,)))] * 4
+    training = rate(replace(run.trainer, prepare=lambda inputs, labels, generator: (inputs, labels)), noise, seconds)
+    inference = inference_rate(run.trainer.model, x, precision, seconds)
+    with torch.inference_mode(), autocast(x.device, precision):
+        probabilities = run.trainer.model(x).float().softmax(1)
+    return f"| {precision} | {'channels-last' if channels_last else 'NCHW'} | {training:.0f} | {inference:.0f} |", probabilities
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="../shared/data/catsdogs", help="dataset the run is set up on (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=20, help="length of each measurement (default: %(default)s)")
     args = parser.parse_args()
-    config = TrainConfig().resolved()
-    torch.manual_seed(0)
-    model = create_model(config.model, 2, **model_arguments(config.model, vars(config)))
-    optimizer = make_optimizer(config, model)
-    device = torch.device("cpu")
-    x = torch.randn(config.batch_size, 3, config.image_size, config.image_size)
-    y = torch.randint(0, 2, (config.batch_size,))
-
-    def train_step(precision: str):
-        def step():
-            with autocast(device, precision):
-                logits = model(x).float()
-            loss = compute_loss("ce", logits, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        return step
-
-    def infer_step(precision: str):
-        @torch.inference_mode()
-        def step():
-            with autocast(device, precision):
-                model(x)
-        return step
-
     rows, outputs = [], {}
-    for layout in (torch.contiguous_format, torch.channels_last):
-        model.to(memory_format=layout)
-        x = x.contiguous(memory_format=layout)
+    for channels_last in (False, True):
         for precision in ("fp32", "bf16"):
-            model.train()
-            train = images_per_second(train_step(precision), len(x), args.seconds)
-            model.eval()
-            infer = images_per_second(infer_step(precision), len(x), args.seconds)
-            with torch.inference_mode(), autocast(device, precision):
-                outputs[precision] = model(x).float().softmax(1)
-            name = "channels-last" if layout == torch.channels_last else "NCHW"
-            rows.append(f"| {precision} | {name} | {train:.0f} | {infer:.0f} |")
+            row, outputs[precision] = measure(args.data, precision, channels_last, args.seconds)
+            rows.append(row)
+            print(row, flush=True)
+    config = TrainConfig().resolved()
     difference = (outputs["fp32"] - outputs["bf16"]).abs().max().item()
     body = (f"Default convnet ({config.image_size} px, batch {config.batch_size}, channels "
-            f"{','.join(map(str, config.channels))}), random inputs, images/s on {torch.get_num_threads()} "
-            "threads:\n\n| precision | memory order | training | inference |\n|---|---|---|---|\n"
-            + "\n".join(rows) +
-            f"\n\nLargest difference between fp32 and bf16 probabilities on one batch: {difference:.4f}.")
-    write_section("precision", "fp32 against bf16 autocast, NCHW against channels-last (CPU)", body)
+            f"{','.join(map(str, config.channels))}), the run's training step on random inputs, images/s on "
+            f"{torch.get_num_threads()} threads:\n\n| precision | memory order | training | inference |\n|---|---|---|---|\n"
+            + "\n".join(rows) + f"\n\nLargest difference between fp32 and bf16 probabilities on one batch: {difference:.4f}.")
+    write_section(f"precision-{class_tag()}", f"fp32 against bf16, NCHW against channels-last ({cpu_class()})", body)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """predict over big folders: images/s with 1 and 2 decode workers, and peak memory on 10x the photos.
 
-    python benchmarks/predict_stream.py [--data DIR] [--checkpoint best.pt]
+    python -m benchmarks.predict_stream [--data DIR] [--checkpoint best.pt]
 
 Runs `predict.py FOLDER --output results.jsonl` as a child process, on the CPU:
   - on the 1,000 photos of DIR/val/ with --workers 1 and --workers 2, for images/s;
@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
 
-from results import write_section  # noqa: E402
+from benchmarks.common import write_section
 
 
 def run_child(command: list[str]) -> dict:

@@ -1,6 +1,6 @@
 """classifier.serve under load: photos/s and latency for 1, 4 and 16 concurrent clients.
 
-    python benchmarks/serve.py [--checkpoint checkpoints/best.pt] [--data DIR/val] [--seconds 30]
+    python -m benchmarks.serve [--checkpoint checkpoints/best.pt] [--data DIR/val] [--seconds 30]
 
 Starts `python -m classifier.serve` as a child process on a free localhost port, then for each
 number of clients runs that many threads, each posting one held-out photo per request (the
@@ -25,9 +25,8 @@ from pathlib import Path
 import httpx2
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
 
-from results import write_section  # noqa: E402
+from benchmarks.common import write_section
 
 WARMUP_REQUESTS = 8
 

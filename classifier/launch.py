@@ -30,11 +30,12 @@ def is_command(program: str) -> bool:
     return name.startswith("classifier-") or name in COMMANDS
 
 
-def tune_allocator() -> None:
-    """Re-execute this process with SETTINGS, once, if it is a command on Linux with glibc."""
+def tune_allocator(always: bool = False) -> None:
+    """Re-execute this process with SETTINGS, once, if it is a command (or `always`: the
+    benchmarks) on Linux with glibc."""
     if os.environ.get(SWITCH) or any(key in os.environ for key in SETTINGS):
         return  # already done, switched off, or the user chose their own settings
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or not is_command(sys.argv[0]):
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or not (always or is_command(sys.argv[0])):
         return
     os.environ.update(SETTINGS, **{SWITCH: "tuned"})
     sys.stdout.flush(), sys.stderr.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import shutil
 
 import torch
@@ -40,6 +41,8 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
+        if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
+            return False  # PyTorch told to use no more than AVX2 (how the README emulates such CPUs)
         return any(getattr(torch.cpu, check, lambda: False)()
                    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return False

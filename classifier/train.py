@@ -29,7 +29,7 @@ from classifier.cli import add_config_flags, run_command
 from classifier.config import TrainConfig
 from classifier.data import Batches, CachedImageFolder, Dataset, check_usable, find_dataset
 from classifier.errors import ClassifierError
-from classifier.features import compute_features, feature_views, uses_cached_features
+from classifier.features import Features, compute_features, feature_views, uses_cached_features
 from classifier.files import check_free_space, check_writable, load_weights
 from classifier.images import Preprocessing
 from classifier.loop import (StopSignal, Trainer, TrainState, evaluate, make_ema, make_optimizer, make_schedule,
@@ -128,11 +128,16 @@ def feature_pipeline(config: TrainConfig, model: nn.Module, preprocessing: Prepr
                                 seed=config.seed, precision=config.precision, desc="features of train views")
     val_features = [compute_features(model, v.decoded(), preprocessing, device, flip=config.tta,
                                      precision=config.precision, desc="features of val") for v in val]
+    return pipeline_on_features(model, features, val_features)
+
+
+def pipeline_on_features(model: nn.Module, train: Features, val: list[Features]) -> Pipeline:
+    """Train the model's tail on cached features; evaluate on val's views at every test-time size."""
 
     def logits_of(inference_model):
         return lambda sizes: average(lambda f: (inference_model.tail(f),), feature_views(sizes))[0]
 
-    return Pipeline(features.examples(), [(f.values, f.labels) for f in val_features],
+    return Pipeline(train.examples(), [(f.values, f.labels) for f in val],
                     lambda x, labels, generator: (x.float(), labels), model.tail, logits_of)
 
 
@@ -142,7 +147,7 @@ class Run:
 
     config: TrainConfig
     session: distributed.Session
-    out: Path
+    out: Path | None  # None: write nothing (cross-validation in the benchmarks)
     classes: list[str]
     preprocessing: Preprocessing
     trainer: Trainer
@@ -159,7 +164,7 @@ class Run:
 
 def save(run: Run, state: TrainState, name: str, metrics: dict, with_state: bool) -> None:
     """best.pt (no training state) or last.pt (enough to resume), from the first process only."""
-    if not run.session.is_main:
+    if not run.session.is_main or run.out is None:
         return
     trainer = run.trainer
     extra = {"epoch": state.epoch, "metrics": metrics, "config": asdict(run.config), **run.calibrated}
@@ -210,8 +215,9 @@ def end_epoch(run: Run, state: TrainState, seconds: float, started_run: float) -
         metrics.update(val["metrics"])
         line += f"  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}"
     metrics["elapsed"] = round(time.perf_counter() - started_run, 3)
-    print(f"{line}  lr {metrics['lr']:.4g}  {seconds:.1f}s  {metrics['images_per_second']:.0f} img/s")
-    if run.session.is_main:
+    if run.out is not None:
+        print(f"{line}  lr {metrics['lr']:.4g}  {seconds:.1f}s  {metrics['images_per_second']:.0f} img/s")
+    if run.session.is_main and run.out is not None:
         append_metrics(run.out, metrics)
     state.next_epoch()
     if val and val["accuracy"] > state.best_accuracy:
@@ -293,11 +299,16 @@ def setup(config: TrainConfig, resumed: dict | None, session: distributed.Sessio
                               "under torchrun use --finetune full")
     pipeline = feature_pipeline(config, model, preprocessing, crops, train_set, val_sets, session.device) if cached \
         else image_pipeline(config, trainee, preprocessing, crops, train_set, val_sets, session)
+    trainer = make_trainer(config, model, pipeline, ema, session)
+    return Run(config, session, out, dataset.classes, preprocessing, trainer, pipeline, val_sets)
+
+
+def make_trainer(config: TrainConfig, model: nn.Module, pipeline: Pipeline, ema, session: distributed.Session) -> Trainer:
+    """The optimizer, its schedule over the run's steps, and the rest of what every step uses."""
     steps = len(Batches(*pipeline.train_inputs, config.batch_size * session.world_size, drop_last=True))
     optimizer = make_optimizer(config, model)
-    trainer = Trainer(model, pipeline.forward, pipeline.prepare, optimizer, make_schedule(config, optimizer, steps),
-                      grad_scaler(session.device, config.precision), ema, config, session.device, config.freeze)
-    return Run(config, session, out, dataset.classes, preprocessing, trainer, pipeline, val_sets)
+    return Trainer(model, pipeline.forward, pipeline.prepare, optimizer, make_schedule(config, optimizer, steps),
+                   grad_scaler(session.device, config.precision), ema, config, session.device, config.freeze)
 
 
 def train(config: TrainConfig) -> dict:
@@ -310,18 +321,24 @@ def train(config: TrainConfig) -> dict:
     config.precision = resolve_precision(config.precision, session.device)  # what checkpoints record
     run = setup(config, resumed, session)
     state = resume_training(run, resumed) if resumed else TrainState()
+    with StopSignal() as stop:
+        metrics = fit(run, state, stop, started)
+    finish(run)
+    return metrics
+
+
+def fit(run: Run, state: TrainState, stop: StopSignal, started: float) -> dict:
+    """The epochs, from where `state` is to the last; returns the last epoch's metrics."""
+    config, session, metrics = run.config, run.session, {}
     shard = {"rank": session.rank, "world_size": session.world_size}
     batches = Batches(*run.pipeline.train_inputs, config.batch_size, shuffle=True, drop_last=True, **shard)
-    metrics = {}
-    with StopSignal() as stop:
-        while state.epoch < config.epochs:
-            epoch_started = time.perf_counter()
-            if not train_one_epoch(run.trainer, batches, state, stop, show=session.is_main):
-                stop_here(run, state, metrics, stop.requested)
-            metrics = end_epoch(run, state, time.perf_counter() - epoch_started, started)
-            if distributed.any_rank(stop.requested) and state.epoch < config.epochs:
-                stop_here(run, state, metrics, stop.requested)
-    finish(run)
+    while state.epoch < config.epochs:
+        epoch_started = time.perf_counter()
+        if not train_one_epoch(run.trainer, batches, state, stop, show=session.is_main and run.out is not None):
+            stop_here(run, state, metrics, stop.requested)
+        metrics = end_epoch(run, state, time.perf_counter() - epoch_started, started)
+        if distributed.any_rank(stop.requested) and state.epoch < config.epochs:
+            stop_here(run, state, metrics, stop.requested)
     return metrics
 
 
