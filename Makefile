@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CATSDOGS_DATA ?= $(if $(wildcard ../shared/data/catsdogs),../shared/data/catsdogs,data/catsdogs)
 export CATSDOGS_DATA
 
-.PHONY: setup train test clean
+.PHONY: setup data train test clean
 
 setup: $(VENV)/.installed
 
@@ -15,8 +15,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-train: setup
-	$(BIN)/python train.py
+# No photos yet: fetch the Oxford-IIIT Pet photos (cats and dogs, about 800 MB) with a progress bar.
+data: setup
+	@[ -d "$(CATSDOGS_DATA)" ] || $(BIN)/python -m classifier.data download --out "$(CATSDOGS_DATA)"
+
+train: data
+	$(BIN)/python train.py --data "$(CATSDOGS_DATA)"
 
 test: setup
 	$(BIN)/python -m pytest -q
