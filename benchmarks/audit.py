@@ -1,0 +1,246 @@
+"""Measure `python -m classifier.audit` on folders with planted problems, and on the untouched data.
+
+    python benchmarks/audit.py --data ../shared/data/catsdogs --neither ../shared/data/neither \
+        --breeds ../shared/data/dogbreeds
+
+1. catsdogs with planted problems, built in a temporary folder (symbolic links to the photos,
+   never a change to them): 20 train and 10 val photos filed under the other class; 20 train
+   photos copied into val resized (50-80%) and re-encoded (JPEG quality 50-85); 10 train photos
+   copied into val slightly cropped (3-8% off each side) and re-encoded; 5 exact copies from train
+   into val and 5 within a train class; 5 broken files; 3 tiny photos; 5 neither photos filed as
+   cat or dog; 2 HEIC files. Per kind: recall and false positives (findings about anything not
+   planted), and how many of those the untouched folder also gets (problems already there).
+2. The untouched catsdogs (train + val): what the audit finds, and whether it finds the three
+   problems found by hand (cat.4085 is a dog, dog.4334 a cat, cat.4338 shows no animal).
+3. dogbreeds (10 breeds, ~15 photos each) with the 19 neither photos and 10 swapped labels planted.
+Writes its section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from classifier.audit import KINDS, main as audit_main  # noqa: E402
+from classifier.data import walk_images  # noqa: E402
+from results import write_section  # noqa: E402
+
+BY_HAND = {"cat.4085.jpg": "label", "dog.4334.jpg": "label", "cat.4338.jpg": "neither"}
+
+
+class Planter:
+    """Builds a planted folder and remembers what it planted, per kind (paths, or pairs of paths)."""
+
+    def __init__(self, root: Path, out: Path, seed: int = 0):
+        self.root, self.out, self.random = root, out, random.Random(seed)
+        self.truth = {kind: set() for kind in KINDS}
+
+    def link(self, source: Path, target: Path) -> Path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.abspath(source), target)
+        return target
+
+    def save(self, image: Image.Image, target: Path, quality: int) -> Path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image.convert("RGB").save(target, "JPEG", quality=quality)
+        return target
+
+    def mirror(self, root: Path, swapped: set[Path]) -> None:
+        """Link every photo of root into out, in the other class's folder if it is in `swapped`."""
+        for source in map(Path, walk_images(root)):
+            relative = source.relative_to(root)
+            if source in swapped:
+                others = sorted(p.name for p in source.parent.parent.iterdir() if p.is_dir() and p != source.parent)
+                relative = relative.parent.parent / self.random.choice(others) / relative.name
+                self.truth["label"].add(str(self.out / relative))
+            self.link(source, self.out / relative)
+
+    def near_copy(self, source: Path, target: Path, crop: bool) -> None:
+        with Image.open(source) as image:
+            image = image.convert("RGB")
+        if crop:
+            w, h = image.size
+            box = [self.random.uniform(0.03, 0.08) for _ in range(4)]
+            image = image.crop((round(w * box[0]), round(h * box[1]), round(w * (1 - box[2])), round(h * (1 - box[3]))))
+        scale = self.random.uniform(0.85, 1.0) if crop else self.random.uniform(0.5, 0.8)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+        self.save(image, target, self.random.randint(50, 85))
+        self.truth["duplicate"].add(frozenset((str(target), str(self.out / source.relative_to(self.root)))))
+
+    def exact_copy(self, source: Path, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        self.truth["duplicate"].add(frozenset((str(target), str(self.out / source.relative_to(self.root)))))
+
+    def broken(self, folder: Path, sample: Path) -> None:
+        """Five unreadable files of the kinds real folders hold."""
+        folder.mkdir(parents=True, exist_ok=True)
+        data = sample.read_bytes()
+        files = {"empty.jpg": b"", "truncated.jpg": data[: len(data) // 2], "notes.jpg": b"shopping list\n",
+                 "noise.png": bytes(self.random.randrange(256) for _ in range(5000)),
+                 "header.jpg": b"\0" * 64 + data[64:]}
+        for name, content in files.items():
+            (folder / name).write_bytes(content)
+            self.truth["unreadable"].add(str(folder / name))
+
+
+def plant_catsdogs(data: Path, neither: Path, out: Path, seed: int = 0) -> dict:
+    planter = Planter(data, out, seed)
+    pick = planter.random.sample
+    train = {c: sorted((data / "train" / c).iterdir()) for c in ("cat", "dog")}
+    val = {c: sorted((data / "val" / c).iterdir()) for c in ("cat", "dog")}
+    chosen = {c: pick(train[c], 35) for c in train}  # disjoint: 10 swapped, 10 + 5 resized, 5 cropped, 5 exact
+    swapped = {p for c in train for p in chosen[c][:10]} | {p for c in val for p in pick(val[c], 5)}
+    planter.mirror(data, swapped)
+    for c in train:
+        for n, source in enumerate(chosen[c][10:20]):
+            planter.near_copy(source, out / "val" / c / f"resized.{n}.jpg", crop=False)
+        for n, source in enumerate(chosen[c][20:25]):
+            planter.near_copy(source, out / "val" / c / f"cropped.{n}.jpg", crop=True)
+        for n, source in enumerate(chosen[c][25:28]):
+            planter.exact_copy(source, out / "val" / c / f"exact.{n}.jpg")
+        for n, source in enumerate(chosen[c][28:30]):
+            planter.exact_copy(source, out / "train" / c / f"exact.{n}.jpg")
+    planter.broken(out / "train" / "cat", train["cat"][0])
+    for n, source in enumerate(chosen["dog"][30:33]):
+        with Image.open(source) as image:
+            planter.truth["tiny"].add(str(planter.save(image.resize((24, 18)), out / "train" / "dog" / f"tiny.{n}.jpg", 90)))
+    for n, source in enumerate(sorted(neither.iterdir())[:5]):
+        planter.truth["neither"].add(str(planter.link(source, out / "train" / ("cat", "dog")[n % 2] / source.name)))
+    for n in range(2):
+        (out / "train" / "cat" / f"IMG_000{n}.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(100))
+        planter.truth["ignored"].add(str(out / "train" / "cat" / f"IMG_000{n}.heic"))
+    return planter.truth
+
+
+def plant_breeds(data: Path, neither: Path, out: Path, seed: int = 0) -> dict:
+    """dogbreeds in its own layout (a folder per class) with neither photos and swapped labels."""
+    planter = Planter(data, out / "breeds", seed)
+    breeds = sorted(p for p in data.iterdir() if p.is_dir())
+    swapped = {planter.random.choice(sorted(b.iterdir())) for b in breeds}
+    planter.mirror(data, swapped)
+    for n, source in enumerate(sorted(neither.iterdir())):
+        planter.truth["neither"].add(str(planter.link(source, planter.out / breeds[n % len(breeds)].name / source.name)))
+    return planter.truth
+
+
+def run_audit(folder: Path, out: Path, extra: list[str]) -> tuple[list[dict], float]:
+    started = time.perf_counter()
+    status = audit_main([str(folder), "--out", str(out), *extra])
+    seconds = time.perf_counter() - started
+    if status != 0:
+        raise SystemExit(f"audit of {folder} failed")
+    return [json.loads(line) for line in (out / "findings.jsonl").read_text().splitlines()], seconds
+
+
+def found_items(findings: list[dict], kind: str) -> set:
+    """What the findings of a kind point at: paths, or pairs of paths for duplicates."""
+    if kind == "duplicate":
+        return {frozenset((f["path"], f["of"])) for f in findings if f["kind"] == kind}
+    return {f["path"] for f in findings if f["kind"] == kind}
+
+
+def original(item) -> frozenset | str:
+    """The untouched photo(s) a planted folder's path(s) link to."""
+    if isinstance(item, frozenset):
+        return frozenset(os.path.realpath(p) for p in item)
+    return os.path.realpath(item)
+
+
+def score_table(findings: list[dict], truth: dict, untouched: list[dict] | None) -> list[str]:
+    rows = ["| kind | planted | found | recall | false positives | of which the untouched folder has too |",
+            "|---|---|---|---|---|---|"]
+    for kind in ("unreadable", "duplicate", "label", "neither", "tiny", "ignored"):
+        if not truth[kind] and kind not in ("label", "neither"):
+            continue
+        found, planted = found_items(findings, kind), truth[kind]
+        extra = found - planted
+        already = "-" if untouched is None else str(sum(original(x) in {original(y) for y in found_items(untouched, kind)}
+                                                       for x in extra))
+        recall = f"{len(found & planted) / len(planted):.0%}" if planted else "-"
+        rows.append(f"| {kind} | {len(planted)} | {len(found & planted)} | {recall} | {len(extra)} | {already} |")
+    return rows
+
+
+def describe_untouched(findings: list[dict], root: Path) -> list[str]:
+    lines = ["| kind | findings | examples |", "|---|---|---|"]
+    for kind in KINDS:
+        found = [f for f in findings if f["kind"] == kind]
+        shown = "; ".join(describe(f, root) for f in found[:6]) + (" ..." if len(found) > 6 else "")
+        lines.append(f"| {kind} | {len(found)} | {shown} |")
+    flagged = {(Path(f["path"]).name, f["kind"]) for f in findings}
+    lines += ["", "Found by hand before: " + ", ".join(
+        f"{name} ({kind}): {'found' if (name, kind) in flagged else 'NOT found'}" for name, kind in BY_HAND.items())]
+    return lines
+
+
+def describe(finding: dict, root: Path) -> str:
+    path = os.path.relpath(finding["path"], root)
+    if finding["kind"] == "label":
+        return f"{path} {finding['given']}->{finding['suggested']} {finding['confidence']:.2f}"
+    if finding["kind"] == "duplicate":
+        return f"{path} = {os.path.relpath(finding['of'], root)} ({finding['match']}, {finding['scope']})"
+    if finding["kind"] == "neither":
+        return f"{path} ({finding['imagenet'][0]})"
+    return path
+
+
+def cpu_description() -> str:
+    fields = dict(line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+                  if ":" in line)
+    flags = fields.get("Flags", "").split()
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{fields.get('Model name', '?').strip()}, {os.cpu_count()} cores, flags {' '.join(simd)}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="../shared/data/catsdogs", help="train/ and val/ of cat and dog (default: %(default)s)")
+    parser.add_argument("--neither", default="../shared/data/neither", help="photos of neither (default: %(default)s)")
+    parser.add_argument("--breeds", default="../shared/data/dogbreeds", help="a folder per breed (default: %(default)s)")
+    args = parser.parse_args()
+    data, neither, breeds = Path(args.data).resolve(), Path(args.neither).resolve(), Path(args.breeds).resolve()
+    sections, load = [], []
+    with tempfile.TemporaryDirectory() as temporary:
+        work = Path(temporary)
+        untouched, untouched_seconds = run_audit(data, work / "untouched", [])
+        load.append(os.getloadavg()[0])
+        truth = plant_catsdogs(data, neither, work / "planted")
+        planted, planted_seconds = run_audit(work / "planted", work / "planted-audit", [])
+        load.append(os.getloadavg()[0])
+        breeds_truth = plant_breeds(breeds, neither, work)
+        breeds_findings, breeds_seconds = run_audit(work / "breeds", work / "breeds-audit", [])
+        load.append(os.getloadavg()[0])
+        counts = len(walk_images(work / "planted")), len(walk_images(work / "breeds"))
+    sections += [f"Machine: {cpu_description()}; torch threads {torch.get_num_threads()}; "
+                 f"load average (1 min) after each run {', '.join(f'{x:.1f}' for x in load)}; "
+                 f"{datetime.date.today()}. Default settings (224 px center crops, 5 folds); wall time of "
+                 f"`classifier.audit.main` in this process (imports excluded), HTML included.", "",
+                 f"### catsdogs with planted problems ({counts[0]:,} files, {planted_seconds:.0f} s)", "",
+                 *score_table(planted, truth, untouched), "",
+                 f"### Untouched catsdogs ({len(walk_images(data)):,} photos, {untouched_seconds:.0f} s)", "",
+                 *describe_untouched(untouched, data), "",
+                 f"### dogbreeds with 19 neither photos and 10 swapped labels ({counts[1]} files, {breeds_seconds:.0f} s)", "",
+                 *score_table(breeds_findings, breeds_truth, None)]
+    write_section("audit", "Folder audit: planted problems and the untouched data (benchmarks/audit.py)", "\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()
