@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import html
 import io
@@ -59,12 +60,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from torchvision.models import MobileNet_V3_Large_Weights
+from tqdm import tqdm
 
 from classifier.calibration import IMAGENET_CATS_AND_DOGS, IMAGENET_TOP, IMAGENET_THRESHOLD, imagenet_score
 from classifier.checkpoint import load_checkpoint, model_from_checkpoint
@@ -76,6 +79,8 @@ from classifier.runtime import autocast, fuse_batch_norms, resolve_precision, se
 PRETRAINED = "efficientnet_lite0"
 FEATURE_SIZE = 224  # center crops: where the pretrained network's ImageNet guesses are sound
 HASH_SIZE = 32  # perceptual hashes: DCT of a HASH_SIZE x HASH_SIZE grayscale, the 8x8 lowest frequencies
+_FREQUENCY = torch.arange(HASH_SIZE, dtype=torch.float64)
+DCT_BASIS = torch.cos(math.pi * (2 * _FREQUENCY[None, :] + 1) * _FREQUENCY[:, None] / (2 * HASH_SIZE))  # DCT-II
 NEAR_SIMILARITY = 0.92
 NEAR_HASH_BITS = 6
 JOINT_SIMILARITY, JOINT_HASH_BITS = 0.85, 16
@@ -142,7 +147,7 @@ class Network:
 
     model: nn.Module
     preprocessing: Preprocessing
-    outputs: object  # (model, normalized images) -> tuple of [B, ...] tensors
+    outputs: Callable[[nn.Module, torch.Tensor], tuple]  # (model, normalized images) -> [B, ...] tensors
 
 
 def pretrained_network(image_size: int = FEATURE_SIZE) -> Network:
@@ -176,15 +181,18 @@ def checkpoint_network(path: str | Path) -> Network:
 
 
 def read_photo(path: str, preprocessings: list[Preprocessing]) -> tuple:
-    """(SHA-256 of the bytes, header size, grayscale HASH_SIZE image, pixels for each
-    preprocessing): the file is decoded once, at the largest size any preprocessing needs."""
-    with open(path, "rb") as file:
-        digest = hashlib.sha256(file.read()).hexdigest()
+    """(SHA-256 of the bytes, header size, perceptual hash, pixels for each preprocessing): the
+    file is decoded once, at the largest size any preprocessing needs; ClassifierError if it cannot be."""
     image = open_image(path, size_hint=max(p.image_size for p in preprocessings))
-    with Image.open(path) as header:  # draft mode shrank `image`: the file's own size is in its header
-        size = header.size
-    gray = image.convert("L").resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BILINEAR)
-    return digest, size, torch.from_numpy(np.asarray(gray, dtype=np.float32)), [p.decode(image) for p in preprocessings]
+    try:
+        with open(path, "rb") as file:
+            digest = hashlib.sha256(file.read()).hexdigest()
+        with Image.open(path) as header:  # draft mode shrank `image`: the file's own size is in its header
+            size = header.size
+    except OSError as error:
+        raise ClassifierError(f"{path}: cannot read image ({error.strerror or error})") from None
+    gray = np.asarray(image.convert("L").resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BILINEAR), dtype=np.float64)
+    return digest, size, perceptual_hashes(torch.from_numpy(gray)[None])[0], [p.decode(image) for p in preprocessings]
 
 
 def forward(networks: list[Network], pixels: list[list[torch.Tensor]], device, precision) -> list[torch.Tensor]:
@@ -197,14 +205,20 @@ def forward(networks: list[Network], pixels: list[list[torch.Tensor]], device, p
     return [o.float().cpu() for o in outputs]
 
 
-def readable_batches(stream, scan: Scan, grays: torch.Tensor, batch_size: int):
+def unreadable_reason(error: str, path: str) -> str:
+    """open_image's message without the path it starts with: "empty file", "broken symbolic link" ..."""
+    reason = error.removeprefix(f"{path}: ")
+    return reason.removeprefix("cannot read image (").removesuffix(")") if reason.startswith("cannot read image (") else reason
+
+
+def readable_batches(stream, scan: Scan, batch_size: int):
     """Batches of (index, pixels) of the photos that decode; records what each read found."""
     batch = []
     for index, result, error in stream:
         if result is None:
-            scan.errors[index] = error.split(": cannot read image ", 1)[-1].removeprefix("(").removesuffix(")")
+            scan.errors[index] = unreadable_reason(error, scan.photos[index].path)
             continue
-        scan.digests[index], scan.sizes[index], grays[index], pixels = result
+        scan.digests[index], scan.sizes[index], scan.hashes[index], pixels = result
         batch.append((index, pixels))
         if len(batch) == batch_size:
             yield batch
@@ -222,13 +236,13 @@ def scan_photos(scan: Scan, networks: list[Network], device: torch.device, preci
     preprocessings = [n.preprocessing for n in networks]
     count = len(scan.photos)
     scan.digests, scan.sizes = [None] * count, [None] * count
-    grays = torch.zeros(count, HASH_SIZE, HASH_SIZE)
-    stream = decode_stream(range(count), lambda i: read_photo(scan.photos[i].path, preprocessings), workers)
+    scan.hashes = torch.zeros(count, 64, dtype=torch.bool)
+    stream = tqdm(decode_stream(range(count), lambda i: read_photo(scan.photos[i].path, preprocessings), workers),
+                  total=count, desc="audit", unit="photo", leave=False, disable=None, file=sys.stderr)
     rows, outputs = [], []
-    for batch in readable_batches(stream, scan, grays, batch_size):
+    for batch in readable_batches(stream, scan, batch_size):
         rows += [index for index, _ in batch]
         outputs.append(forward(networks, [pixels for _, pixels in batch], device, precision))
-    scan.hashes = perceptual_hashes(grays)
     columns = []
     for parts in zip(*outputs):
         column = torch.zeros(count, *parts[0].shape[1:])
@@ -241,12 +255,10 @@ def scan_photos(scan: Scan, networks: list[Network], device: torch.device, preci
 
 
 def perceptual_hashes(grays: torch.Tensor) -> torch.Tensor:
-    """DCT perceptual hashes (pHash): the 8x8 lowest frequencies of each grayscale image, one
-    bit each for above or below their median. Resizing and re-encoding barely change them."""
-    n = grays.shape[-1]
-    k = torch.arange(n, dtype=torch.float64)
-    dct = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n))  # DCT-II basis, rows = frequencies
-    low = (dct @ grays.double() @ dct.T)[:, :8, :8].flatten(1)
+    """DCT perceptual hashes (pHash) of grayscale images [N, HASH_SIZE, HASH_SIZE] -> [N, 64] bool:
+    the 8x8 lowest frequencies, one bit each for above or below their median. Resizing and
+    re-encoding barely change them."""
+    low = (DCT_BASIS @ grays.double() @ DCT_BASIS.T)[:, :8, :8].flatten(1)
     return low > low[:, 1:].median(1, keepdim=True).values  # the median leaves out the mean (DC) term
 
 
@@ -336,8 +348,10 @@ def stratified_folds(labels: torch.Tensor, folds: int, seed: int = 0) -> torch.T
 
 def fit_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float = 1e-2):
     """A multinomial logistic regression on standardized features (L-BFGS to convergence):
-    a function from features to class probabilities."""
-    mean, scale = features.mean(0), features.std(0) + 1e-6
+    a function from features to class probabilities. A feature (nearly) constant on the
+    training folds is scaled like a typical one, so it cannot blow up on the held-out fold."""
+    mean, scale = features.mean(0), features.std(0)
+    scale = scale.clamp_min(float(scale.mean()) * 0.01 + 1e-12)
     inputs = ((features - mean) / scale).double()
     layer = nn.Linear(features.shape[1], num_classes).double()
     optimizer = torch.optim.LBFGS(layer.parameters(), lr=1, max_iter=200, line_search_fn="strong_wolfe")
@@ -353,15 +367,28 @@ def fit_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, we
     return lambda x: layer(((x - mean) / scale).double()).softmax(1).float().detach()
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run small tensor work (the probe: thousands of tiny L-BFGS operations) on one thread: more
+    threads only add synchronisation, which on a busy 2-core machine made the probe 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def out_of_fold_probabilities(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
                               folds: int = FOLDS, seed: int = 0) -> torch.Tensor:
     """Each photo's class probabilities from a probe fitted on the other folds only."""
     fold_of = stratified_folds(labels, folds, seed)
     probabilities = torch.zeros(len(labels), num_classes)
-    for fold in range(folds):
-        held = fold_of == fold
-        if held.any():
-            probabilities[held] = fit_probe(features[~held], labels[~held], num_classes)(features[held])
+    with one_thread():
+        for fold in range(folds):
+            held = fold_of == fold
+            if held.any():
+                probabilities[held] = fit_probe(features[~held], labels[~held], num_classes)(features[held])
     return probabilities
 
 
@@ -451,12 +478,12 @@ def class_folder(paths: list[str]) -> str:
 
 def class_counts(scan: Scan, split: str | None) -> list[tuple[str, int, int]]:
     """(folder, readable photos, all photos) of each class, in one split or (None) in all."""
-    readable, rows = scan.readable, []
-    for label in range(len(scan.classes)):
-        members = [i for i, p in enumerate(scan.photos) if p.label == label and split in (None, p.split)]
-        folder = class_folder([scan.photos[i].path for i in members]) if members else ""
-        rows.append((folder, sum(bool(readable[i]) for i in members), len(members)))
-    return rows
+    readable, members = scan.readable.tolist(), {label: [] for label in range(len(scan.classes))}
+    for index, photo in enumerate(scan.photos):
+        if split in (None, photo.split):
+            members[photo.label].append(index)
+    return [(class_folder([scan.photos[i].path for i in indices]) if indices else "",
+             sum(readable[i] for i in indices), len(indices)) for indices in members.values()]
 
 
 def imbalance_findings(scan: Scan, ratio: float = IMBALANCE_RATIO) -> list[dict]:
@@ -619,7 +646,7 @@ def card_text(finding: dict) -> str:
     if kind == "imbalance":
         return f"<b>{given}</b> ({finding['split']}): {finding['count']} photos, {finding['ratio']:.0%} of the largest class's {finding['largest']}"
     if kind == "small_class":
-        return f"<b>{given}</b>: {finding['val_photos']} validation photos"
+        return f"{finding['val_photos']} validation photos of <b>{given}</b>"
     return finding.get("reason", "")
 
 
