@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import json
 import os
 import random
@@ -121,7 +120,8 @@ def plant_catsdogs(data: Path, neither: Path, out: Path, seed: int = 0) -> dict:
     planter.broken(out / "train" / "cat", train["cat"][0])
     for n, source in enumerate(chosen["dog"][30:33]):
         with Image.open(source) as image:
-            planter.truth["tiny"].add(str(planter.save(image.resize((24, 18)), out / "train" / "dog" / f"tiny.{n}.jpg", 90)))
+            tiny = planter.save(image.resize((24, 18)), out / "train" / "dog" / f"tiny.{n}.jpg", 90)
+        planter.truth["tiny"].add(str(tiny))
     for n, source in enumerate(sorted(neither.iterdir())[:5]):
         planter.truth["neither"].add(str(planter.link(source, out / "train" / ("cat", "dog")[n % 2] / source.name)))
     for n in range(2):
@@ -137,7 +137,8 @@ def plant_breeds(data: Path, neither: Path, out: Path, seed: int = 0) -> dict:
     swapped = {planter.random.choice(sorted(b.iterdir())) for b in breeds}
     planter.mirror(data, swapped)
     for n, source in enumerate(sorted(neither.iterdir())):
-        planter.truth["neither"].add(str(planter.link(source, planter.out / breeds[n % len(breeds)].name / source.name)))
+        target = planter.out / breeds[n % len(breeds)].name / source.name
+        planter.truth["neither"].add(str(planter.link(source, target)))
     return planter.truth
 
 
@@ -172,8 +173,8 @@ def score_table(findings: list[dict], truth: dict, untouched: list[dict] | None)
             continue
         found, planted = found_items(findings, kind), truth[kind]
         extra = found - planted
-        already = "-" if untouched is None else str(sum(original(x) in {original(y) for y in found_items(untouched, kind)}
-                                                       for x in extra))
+        before = set() if untouched is None else {original(y) for y in found_items(untouched, kind)}
+        already = "-" if untouched is None else str(sum(original(x) in before for x in extra))
         recall = f"{len(found & planted) / len(planted):.0%}" if planted else "-"
         rows.append(f"| {kind} | {len(planted)} | {len(found & planted)} | {recall} | {len(extra)} | {already} |")
     return rows
@@ -203,24 +204,31 @@ def describe(finding: dict, root: Path) -> str:
 
 
 def cpu_description() -> str:
-    fields = dict(line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                  if ":" in line)
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    fields = dict(line.split(":", 1) for line in lscpu if ":" in line)
     flags = fields.get("Flags", "").split()
     simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
     return f"{fields.get('Model name', '?').strip()}, {os.cpu_count()} cores, flags {' '.join(simd)}"
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="../shared/data/catsdogs", help="train/ and val/ of cat and dog (default: %(default)s)")
+    parser.add_argument("--data", default="../shared/data/catsdogs",
+                        help="train/ and val/ of cat and dog (default: %(default)s)")
     parser.add_argument("--neither", default="../shared/data/neither", help="photos of neither (default: %(default)s)")
     parser.add_argument("--breeds", default="../shared/data/dogbreeds", help="a folder per breed (default: %(default)s)")
-    args = parser.parse_args()
-    data, neither, breeds = Path(args.data).resolve(), Path(args.neither).resolve(), Path(args.breeds).resolve()
-    sections, load = [], []
+    parser.add_argument("--keep", default="",
+                        help="copy each audit's findings.jsonl and index.html here (default: no)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
+    data, neither, breeds = (Path(p).resolve() for p in (args.data, args.neither, args.breeds))
+    load = []
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
-        untouched, untouched_seconds = run_audit(data, work / "untouched", [])
+        untouched, untouched_seconds = run_audit(data, work / "untouched-audit", [])
         load.append(os.getloadavg()[0])
         truth = plant_catsdogs(data, neither, work / "planted")
         planted, planted_seconds = run_audit(work / "planted", work / "planted-audit", [])
@@ -229,17 +237,20 @@ def main() -> None:
         breeds_findings, breeds_seconds = run_audit(work / "breeds", work / "breeds-audit", [])
         load.append(os.getloadavg()[0])
         counts = len(walk_images(work / "planted")), len(walk_images(work / "breeds"))
-    sections += [f"Machine: {cpu_description()}; torch threads {torch.get_num_threads()}; "
-                 f"load average (1 min) after each run {', '.join(f'{x:.1f}' for x in load)}; "
-                 f"{datetime.date.today()}. Default settings (224 px center crops, 5 folds); wall time of "
-                 f"`classifier.audit.main` in this process (imports excluded), HTML included.", "",
-                 f"### catsdogs with planted problems ({counts[0]:,} files, {planted_seconds:.0f} s)", "",
-                 *score_table(planted, truth, untouched), "",
-                 f"### Untouched catsdogs ({len(walk_images(data)):,} photos, {untouched_seconds:.0f} s)", "",
-                 *describe_untouched(untouched, data), "",
-                 f"### dogbreeds with 19 neither photos and 10 swapped labels ({counts[1]} files, {breeds_seconds:.0f} s)", "",
-                 *score_table(breeds_findings, breeds_truth, None)]
-    write_section("audit", "Folder audit: planted problems and the untouched data (benchmarks/audit.py)", "\n".join(sections))
+        for name in ("untouched", "planted", "breeds") if args.keep else ():
+            shutil.copytree(work / f"{name}-audit", Path(args.keep) / name, dirs_exist_ok=True)
+    sections = [
+        f"Machine: {cpu_description()}; torch threads {torch.get_num_threads()}; load average (1 min) after each "
+        f"run {', '.join(f'{x:.1f}' for x in load)}; {datetime.date.today()}. Default settings (224 px center "
+        f"crops, 5 folds); wall time of `classifier.audit.main` in this process (imports excluded), page included.",
+        "", f"### catsdogs with planted problems ({counts[0]:,} files, {planted_seconds:.0f} s)", "",
+        *score_table(planted, truth, untouched), "",
+        f"### Untouched catsdogs ({len(walk_images(data)):,} photos, {untouched_seconds:.0f} s)", "",
+        *describe_untouched(untouched, data), "",
+        f"### dogbreeds with 19 neither photos and 10 swapped labels ({counts[1]} files, {breeds_seconds:.0f} s)",
+        "", *score_table(breeds_findings, breeds_truth, None)]
+    write_section("audit", "Folder audit: planted problems and the untouched data (benchmarks/audit.py)",
+                  "\n".join(sections))
 
 
 if __name__ == "__main__":

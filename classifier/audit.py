@@ -208,7 +208,9 @@ def forward(networks: list[Network], pixels: list[list[torch.Tensor]], device, p
 def unreadable_reason(error: str, path: str) -> str:
     """open_image's message without the path it starts with: "empty file", "broken symbolic link" ..."""
     reason = error.removeprefix(f"{path}: ")
-    return reason.removeprefix("cannot read image (").removesuffix(")") if reason.startswith("cannot read image (") else reason
+    if reason.startswith("cannot read image ("):
+        return reason.removeprefix("cannot read image (").removesuffix(")")
+    return reason
 
 
 def readable_batches(stream, scan: Scan, batch_size: int):
@@ -466,7 +468,8 @@ def neither_findings(scan: Scan, guesses: int = 3) -> list[dict]:
     confidence = 1 - (scan.imagenet.softmax(1) * known).sum(1)
     names = MobileNet_V3_Large_Weights.IMAGENET1K_V1.meta["categories"]
     findings = [{"kind": "neither", "path": scan.photos[i].path, "given": scan.classes[labels[i]],
-                 "confidence": round(float(confidence[i]), 4), "imagenet": [names[k] for k in top[i, :guesses].tolist()]}
+                 "confidence": round(float(confidence[i]), 4),
+                 "imagenet": [names[k] for k in top[i, :guesses].tolist()]}
                 for i in (neither & readable).nonzero().flatten().tolist()]
     return sorted(findings, key=lambda f: -f["confidence"])
 
@@ -608,11 +611,11 @@ KIND_HELP = {
 }
 THUMBNAIL = 128
 CARDS_PER_KIND = 300
-STYLE = """body{font:14px sans-serif;margin:1.5em;color:#222}h2{margin-top:1.5em}
-.grid{display:flex;flex-wrap:wrap;gap:10px}.card{width:%dpx;border:1px solid #ccc;border-radius:6px;padding:6px;
-background:#fafafa}.card img{max-width:100%%;display:block;margin:auto}.pair{display:flex;gap:4px}
-.pair img{max-width:50%%}.path{font-family:monospace;font-size:11px;word-break:break-all;color:#555}
-.note{color:#666}.bad{color:#b00}""" % (2 * THUMBNAIL + 16)
+STYLE = """body{font:14px sans-serif;margin:1.5em;color:#222}h2{margin:1.2em 0 .2em}
+.grid{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}.card{width:%dpx;border:1px solid #ccc;
+border-radius:6px;padding:6px;background:#fafafa}.card.wide{width:%dpx}.card img{display:block;margin:auto}
+.pair{display:flex;gap:4px;justify-content:center}.path{font-family:monospace;font-size:11px;word-break:break-all;
+color:#555}.note{color:#666;margin-top:0}.bad{color:#b00}""" % (THUMBNAIL + 12, 2 * THUMBNAIL + 16)
 
 
 def thumbnail(path: str) -> str:
@@ -638,13 +641,16 @@ def card_text(finding: dict) -> str:
     if kind == "label":
         return f"given <b>{given}</b>, looks like <b>{finding['suggested']}</b> ({finding['confidence']:.0%})"
     if kind == "duplicate":
-        return f"{finding['match']} copy, {finding['scope']} ({given} / {finding['of_given']}; similarity {finding['confidence']:.3f})"
+        return (f"{finding['match']} copy, {finding['scope']} ({given} / {finding['of_given']}; "
+                f"similarity {finding['confidence']:.3f})")
     if kind == "neither":
-        return f"given <b>{given}</b>; ImageNet sees: {', '.join(finding['imagenet'])} ({finding['confidence']:.0%} none of the classes)"
+        return (f"given <b>{given}</b>; ImageNet sees: {', '.join(finding['imagenet'])} "
+                f"({finding['confidence']:.0%} none of the classes)")
     if kind == "tiny":
         return f"{finding['width']}x{finding['height']} px, given {given}"
     if kind == "imbalance":
-        return f"<b>{given}</b> ({finding['split']}): {finding['count']} photos, {finding['ratio']:.0%} of the largest class's {finding['largest']}"
+        return (f"<b>{given}</b> ({finding['split']}): {finding['count']} photos, "
+                f"{finding['ratio']:.0%} of the largest class's {finding['largest']}")
     if kind == "small_class":
         return f"{finding['val_photos']} validation photos of <b>{given}</b>"
     return finding.get("reason", "")
@@ -660,8 +666,8 @@ def card(finding: dict, root: str) -> str:
             f'<div class="pair">{picture(finding["path"])}{picture(finding["of"])}</div>'
     text = card_text({k: html.escape(v) if isinstance(v, str) else v for k, v in finding.items()})
     other = f'<div class="path">of {shown(finding["of"])}</div>' if "of" in finding else ""
-    return (f'<div class="card">{pictures}<div class="path">{shown(finding["path"])}</div>{other}'
-            f"<div>{text}</div></div>")
+    return (f'<div class="card{" wide" if "of" in finding else ""}">{pictures}'
+            f'<div class="path">{shown(finding["path"])}</div>{other}<div>{text}</div></div>')
 
 
 def write_page(findings: list[dict], scan: Scan, root: str, path: Path) -> None:
@@ -671,7 +677,8 @@ def write_page(findings: list[dict], scan: Scan, root: str, path: Path) -> None:
     for kind in KINDS:
         found = sorted((f for f in findings if f["kind"] == kind), key=lambda f: -f.get("confidence", 1.0))
         cards = "".join(card(f, root) for f in found[:CARDS_PER_KIND])
-        more = f'<p class="note">and {len(found) - CARDS_PER_KIND} more in findings.jsonl</p>' if len(found) > CARDS_PER_KIND else ""
+        hidden = len(found) - CARDS_PER_KIND
+        more = f'<p class="note">and {hidden} more in findings.jsonl</p>' if hidden > 0 else ""
         sections.append(f'<h2 id="{kind}">{kind} ({len(found)})</h2><p class="note">{KIND_HELP[kind]}</p>'
                         f'<div class="grid">{cards}</div>{more}')
     title = html.escape(f"Audit of {root}")
@@ -713,7 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "images, class imbalance. Never changes a file in DIR.",
         epilog="Finding kinds:\n" + "\n".join(f"  {k:<12} {v}" for k, v in KIND_HELP.items()))
     parser.add_argument("data", metavar="DIR", help="photos in any layout train.py reads")
-    parser.add_argument("--out", default="audit", help="folder for findings.jsonl and index.html (default: %(default)s)")
+    parser.add_argument("--out", default="audit",
+                        help="folder for findings.jsonl and index.html (default: %(default)s)")
     parser.add_argument("--checkpoint", default="", metavar="CK",
                         help="score labels with this trained model's penultimate features (still out of fold) "
                              "instead of the pretrained network's (default: the pretrained EfficientNet-Lite0)")
@@ -721,9 +729,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("--image-size", "image_size", int, "size of the center crops the pretrained network sees"),
         ("--folds", "folds", int, "cross-validation folds of the label probe"),
         ("--min-side", "min_side", int, "photos with a shorter side below this many pixels are tiny"),
-        ("--near-similarity", "near_similarity", float, "cosine similarity of pretrained features from which two photos are near copies"),
-        ("--near-hash-bits", "near_hash_bits", int, "perceptual hashes at most this many bits apart (of 64) are near copies"),
-        ("--val-fraction", "val_fraction", float, "without train/ and val/ folders: the share train.py holds out for val"),
+        ("--near-similarity", "near_similarity", float,
+         "cosine similarity of pretrained features from which two photos are near copies"),
+        ("--near-hash-bits", "near_hash_bits", int,
+         "perceptual hashes at most this many bits apart (of 64) are near copies"),
+        ("--val-fraction", "val_fraction", float,
+         "without train/ and val/ folders: the share train.py holds out for val"),
         ("--seed", "seed", int, "the seed of that split and of the probe's folds, as train.py's --seed"),
         ("--device", "device", str, "auto, cpu, cuda or mps"),
         ("--precision", "precision", str, "auto (bf16 where the device computes it natively), fp32, bf16 or fp16"),
@@ -731,7 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--workers", "workers", int, "decoding threads, 0 for one per core"),
     ]
     for flag, name, kind, text in options:
-        parser.add_argument(flag, dest=name, type=kind, default=getattr(defaults, name), help=text + " (default: %(default)s)")
+        parser.add_argument(flag, dest=name, type=kind, default=getattr(defaults, name),
+                            help=text + " (default: %(default)s)")
     return parser
 
 
