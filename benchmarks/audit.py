@@ -216,7 +216,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--data", default="../shared/data/catsdogs",
                         help="train/ and val/ of cat and dog (default: %(default)s)")
     parser.add_argument("--neither", default="../shared/data/neither", help="photos of neither (default: %(default)s)")
-    parser.add_argument("--breeds", default="../shared/data/dogbreeds", help="a folder per breed (default: %(default)s)")
+    parser.add_argument("--breeds", default="../shared/data/dogbreeds",
+                        help="a folder per breed (default: %(default)s)")
     parser.add_argument("--keep", default="",
                         help="copy each audit's findings.jsonl and index.html here (default: no)")
     return parser.parse_args()
