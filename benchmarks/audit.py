@@ -118,10 +118,11 @@ def plant_catsdogs(data: Path, neither: Path, out: Path, seed: int = 0) -> dict:
         for n, source in enumerate(chosen[c][28:30]):
             planter.exact_copy(source, out / "train" / c / f"exact.{n}.jpg")
     planter.broken(out / "train" / "cat", train["cat"][0])
-    for n, source in enumerate(chosen["dog"][30:33]):
+    for n, source in enumerate(chosen["dog"][30:33]):  # resized copies too, hence duplicates as well
         with Image.open(source) as image:
             tiny = planter.save(image.resize((24, 18)), out / "train" / "dog" / f"tiny.{n}.jpg", 90)
         planter.truth["tiny"].add(str(tiny))
+        planter.truth["duplicate"].add(frozenset((str(tiny), str(out / source.relative_to(data)))))
     for n, source in enumerate(sorted(neither.iterdir())[:5]):
         planter.truth["neither"].add(str(planter.link(source, out / "train" / ("cat", "dog")[n % 2] / source.name)))
     for n in range(2):
@@ -165,19 +166,33 @@ def original(item) -> frozenset | str:
     return os.path.realpath(item)
 
 
-def score_table(findings: list[dict], truth: dict, untouched: list[dict] | None) -> list[str]:
-    rows = ["| kind | planted | found | recall | false positives | of which the untouched folder has too |",
-            "|---|---|---|---|---|---|"]
+def score_table(findings: list[dict], truth: dict, untouched: list[dict] | None, root: Path) -> list[str]:
+    """Recall per kind, and the other findings of the kind split by where they come from: problems
+    the untouched folder has too, photos planted for another kind, and the rest (false positives).
+    Call it while the planted folder exists: its links lead back to the untouched photos."""
+    rows = ["| kind | planted | found | recall | other findings | on the untouched folder too "
+            "| planted for another kind | false positives | missed |", "|---|---|---|---|---|---|---|---|---|"]
+    made = {p for pair in truth["duplicate"] for p in pair if not os.path.islink(p)}  # copies, not their originals
+    planted_files = made | {p for kind, items in truth.items() if kind != "duplicate" for p in items}
     for kind in ("unreadable", "duplicate", "label", "neither", "tiny", "ignored"):
         if not truth[kind] and kind not in ("label", "neither"):
             continue
         found, planted = found_items(findings, kind), truth[kind]
         extra = found - planted
-        before = set() if untouched is None else {original(y) for y in found_items(untouched, kind)}
-        already = "-" if untouched is None else str(sum(original(x) in before for x in extra))
+        before = {original(y) for y in found_items(untouched or [], kind)}
+        already = {x for x in extra if original(x) in before}
+        other_kind = {x for x in extra - already if planted_files & ({x} if isinstance(x, str) else x)}
+        missed = ", ".join(sorted(short(x, root) for x in planted - found)) or "-"
         recall = f"{len(found & planted) / len(planted):.0%}" if planted else "-"
-        rows.append(f"| {kind} | {len(planted)} | {len(found & planted)} | {recall} | {len(extra)} | {already} |")
+        rows.append(f"| {kind} | {len(planted)} | {len(found & planted)} | {recall} | {len(extra)} | "
+                    f"{len(already) if untouched else '-'} | {len(other_kind)} | "
+                    f"{len(extra) - len(already) - len(other_kind)} | {missed} |")
     return rows
+
+
+def short(item, root: Path) -> str:
+    paths = [item] if isinstance(item, str) else sorted(item)
+    return " = ".join(os.path.relpath(p, root) for p in paths)
 
 
 def describe_untouched(findings: list[dict], root: Path) -> list[str]:
@@ -238,6 +253,8 @@ def main() -> None:
         breeds_findings, breeds_seconds = run_audit(work / "breeds", work / "breeds-audit", [])
         load.append(os.getloadavg()[0])
         counts = len(walk_images(work / "planted")), len(walk_images(work / "breeds"))
+        planted_table = score_table(planted, truth, untouched, work / "planted")
+        breeds_table = score_table(breeds_findings, breeds_truth, None, work / "breeds")
         for name in ("untouched", "planted", "breeds") if args.keep else ():
             shutil.copytree(work / f"{name}-audit", Path(args.keep) / name, dirs_exist_ok=True)
     sections = [
@@ -245,11 +262,11 @@ def main() -> None:
         f"run {', '.join(f'{x:.1f}' for x in load)}; {datetime.date.today()}. Default settings (224 px center "
         f"crops, 5 folds); wall time of `classifier.audit.main` in this process (imports excluded), page included.",
         "", f"### catsdogs with planted problems ({counts[0]:,} files, {planted_seconds:.0f} s)", "",
-        *score_table(planted, truth, untouched), "",
+        *planted_table, "",
         f"### Untouched catsdogs ({len(walk_images(data)):,} photos, {untouched_seconds:.0f} s)", "",
         *describe_untouched(untouched, data), "",
         f"### dogbreeds with 19 neither photos and 10 swapped labels ({counts[1]} files, {breeds_seconds:.0f} s)",
-        "", *score_table(breeds_findings, breeds_truth, None)]
+        "", *breeds_table]
     write_section("audit", "Folder audit: planted problems and the untouched data (benchmarks/audit.py)",
                   "\n".join(sections))
 
