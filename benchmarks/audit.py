@@ -42,6 +42,22 @@ from classifier.data import walk_images  # noqa: E402
 from results import write_section  # noqa: E402
 
 BY_HAND = {"cat.4085.jpg": "label", "dog.4334.jpg": "label", "cat.4338.jpg": "neither"}
+NOTES = """How to read the tables: "other findings" are findings of the kind about anything not planted;
+"on the untouched folder too" are those the audit also makes on the untouched photos (problems
+already in the data, or the same false alarms), "planted for another kind" are findings about a
+planted photo of another kind (a neither photo filed as cat is also a label finding, a tiny photo
+resized from a train photo is also its copy), and "false positives" are the rest.
+
+Looked at by eye (2026-12-02) on the page of the untouched run: of its 4 label findings, cat.4085
+and dog.4334 are the known mislabelled photos, cat.724 shows a dog and a kitten (both classes) and
+dog.584 is a dog (a false alarm); of its 22 neither findings, cat.4338 (the shelter lobby) and
+dog.4367.jpg (a 195x33 px "Yahoo! Mail" logo, not found by hand before) show no animal, and the
+other 20 are cats and dogs the ImageNet head reads as their surroundings (a basket, a cage, a box,
+a laptop, arms holding them): the project's neither rule, at 224 px, flags 0.7% of real photos.
+The near copy dog.74 / dog.180 is the same photo saved twice in the original data set. The label
+photos the planted run missed (cat.337, cat.453, cat.486, filed as dog) are white or pale fluffy
+cats that the probe already finds dog-like; the missed near copy is cropped.1 (a crop of dog.94).
+"""
 
 
 class Planter:
@@ -266,7 +282,7 @@ def main() -> None:
         f"### Untouched catsdogs ({len(walk_images(data)):,} photos, {untouched_seconds:.0f} s)", "",
         *describe_untouched(untouched, data), "",
         f"### dogbreeds with 19 neither photos and 10 swapped labels ({counts[1]} files, {breeds_seconds:.0f} s)",
-        "", *breeds_table]
+        "", *breeds_table, "", NOTES]
     write_section("audit", "Folder audit: planted problems and the untouched data (benchmarks/audit.py)",
                   "\n".join(sections))
 
