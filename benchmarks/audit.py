@@ -55,8 +55,8 @@ dog.4367.jpg (a 195x33 px "Yahoo! Mail" logo, not found by hand before) show no 
 other 20 are cats and dogs the ImageNet head reads as their surroundings (a basket, a cage, a box,
 a laptop, arms holding them): the project's neither rule, at 224 px, flags 0.7% of real photos.
 The near copy dog.74 / dog.180 is the same photo saved twice in the original data set. The label
-photos the planted run missed (cat.337, cat.453, cat.486, filed as dog) are white or pale fluffy
-cats that the probe already finds dog-like; the missed near copy is cropped.1 (a crop of dog.94).
+photos the planted run missed (cat.337, cat.453, cat.486, filed as dog) are pale fluffy cats the
+probe is unsure about or takes for dogs; the missed near copy is cropped.1 (a crop of dog.94).
 """
 
 
