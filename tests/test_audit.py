@@ -5,6 +5,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,6 +169,13 @@ def test_help_documents_every_flag(capsys):
                  "--near-hash-bits", "--val-fraction", "--seed", "--device", "--precision", "--batch-size", "--workers"):
         assert flag in text
     assert text.count("(default:") >= 13
+
+
+def test_runs_as_a_module_and_declares_its_console_script():
+    result = subprocess.run([sys.executable, "-m", "classifier.audit", "--help"], cwd=REPO, capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m classifier.audit")
+    assert 'classifier-audit = "classifier.audit:main"' in (REPO / "pyproject.toml").read_text()
 
 
 def test_excluded_paths_from_findings_lists_and_commas(tmp_path, monkeypatch):
