@@ -31,12 +31,15 @@ Finding kinds, and how each is decided:
                mean probability of j among photos labelled j; a photo's candidate classes are those
                whose probability reaches their threshold, and it is flagged when the likeliest
                candidate is not its given class. "confidence" = probability of "suggested".
-               With --checkpoint, the probe reads that model's penultimate features instead.
+               With --checkpoint, the probe reads that model's penultimate features instead (still
+               out of fold, but a photo the checkpoint trained on has features shaped by its given
+               label, so a mislabelled training photo can hide: the pretrained default has no such bias).
   neither      the photo shows none of the classes. Classes cat and dog: the project's rule
                (calibration.py): no ImageNet cat, dog, wolf or fox class among the ImageNet head's
                IMAGENET_TOP guesses. Other classes: none of its IMAGENET_TOP guesses is a typical
-               guess for any class, one that is among the top guesses of at least TYPICAL_SHARE of
-               that class's other photos. "confidence" = the ImageNet probability of none of those.
+               guess for any class, one that is among the top guesses of at least TYPICAL_SHARE (and
+               2) of that class's other photos: the folder itself says what its classes look like
+               to ImageNet. "confidence" = the ImageNet probability of none of those classes.
   tiny         the shorter side is below --min-side pixels: too little to learn from.
   imbalance    a class with fewer than IMBALANCE_RATIO times the photos of the largest (per split).
   small_class  a class with fewer than MIN_VAL_PHOTOS validation photos: one photo moves its val
