@@ -707,7 +707,8 @@ def summary(findings: list[dict], scan: Scan, root: str, out: Path, seconds: flo
             other = f" = {shown(finding['of'])}" if "of" in finding else ""
             lines.append(f"      {shown(finding['path'])}{other}: {text}")
     lines += [f"wrote {out / 'findings.jsonl'} ({len(findings)} findings) and {out / 'index.html'}",
-              f"to leave the flagged photos out: python train.py --data {root} --exclude {out / 'findings.jsonl'}"]
+              f"look at {out / 'index.html'}, delete the lines of findings.jsonl you disagree with, then leave the",
+              f"rest out of training: python train.py --data {root} --exclude {out / 'findings.jsonl'}"]
     return "\n".join(lines)
 
 
