@@ -36,6 +36,8 @@ class TrainConfig:
     # data
     data: str = option(default_data_dir(), "image folder (train/ and val/, class folders, or cat.1.jpg files)")
     val_fraction: float = option(0.2, "share of each class held out for validation when DIR has no val/")
+    exclude: str = option("", "leave these photos out: an audit's findings.jsonl, a text file of paths, or "
+                          "comma-separated paths ('' for none)")
     image_size: int = recipe_option("images are resized to this many pixels square")
     cache_dir: str = option(default_cache_dir(), "where decoded images are cached ('' to disable)")
     workers: int = option(0, "decoding threads (0: one per CPU core)")

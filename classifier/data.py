@@ -13,6 +13,7 @@ can hand `PhotoFolder` or `CachedImageFolder` to their own DataLoader and transf
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import random
@@ -27,8 +28,8 @@ from torchvision.datasets import DatasetFolder, VisionDataset
 from classifier import downloads
 from classifier.cli import run_command
 from classifier.errors import ClassifierError
-from classifier.images import (DecodedImages, Preprocessing, decode_images, decode_stream, default_cache_dir,
-                               is_image_file, open_image, walk_images)
+from classifier.images import (IMAGE_EXTENSIONS, DecodedImages, Preprocessing, decode_images, decode_stream,
+                               default_cache_dir, is_image_file, open_image, walk_images)
 
 DATA_ENV = "CATSDOGS_DATA"
 DEFAULT_DATA = "data/catsdogs"
@@ -108,8 +109,9 @@ class ImageList:
         return len(self.paths)
 
     @classmethod
-    def of(cls, folder: PhotoFolder) -> "ImageList":
-        return cls([path for path, _ in folder.samples], list(folder.targets))
+    def of(cls, folder: PhotoFolder, exclude: frozenset = frozenset()) -> "ImageList":
+        kept = [(path, label) for path, label in folder.samples if normalized_path(path) not in exclude]
+        return cls([path for path, _ in kept], [label for _, label in kept])
 
 
 @dataclass
@@ -123,14 +125,15 @@ class Dataset:
     root: str = ""
 
 
-def find_dataset(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def find_dataset(root: str | Path, val_fraction: float = 0.2, seed: int = 0, exclude: frozenset = frozenset()) -> Dataset:
     """Find labelled images under root, in any of three layouts:
 
     (a) root/train/<class>/*, root/val/<class>/*      the val split is used as given
     (b) root/<class>/* (or root/train/<class>/* alone) val_fraction of each class is held out
     (c) root/<class>.<anything>.jpg (Kaggle)          likewise; label = name before first dot
 
-    `torchvision:NAME` (downloads.SOURCES) is fetched and written out as (a) first.
+    `torchvision:NAME` (downloads.SOURCES) is fetched and written out as (a) first. Photos whose
+    normalized_path is in `exclude` (train.py --exclude) are left out before the split.
     """
     root = downloads.resolve(root)
     if not root.is_dir():
@@ -141,11 +144,21 @@ def find_dataset(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> 
             val = PhotoFolder(root / "val")
             if val.classes != train.classes:
                 raise ClassifierError(f"{root}: val/ has classes {val.classes} but train/ has {train.classes}")
-            return Dataset(train.classes, ImageList.of(train), ImageList.of(val), "train/val", str(root))
-        return Dataset(train.classes, *split(ImageList.of(train), val_fraction, seed), "train/<class>", str(root))
+            return Dataset(train.classes, ImageList.of(train, exclude), ImageList.of(val, exclude), "train/val", str(root))
+        return Dataset(train.classes, *split(ImageList.of(train, exclude), val_fraction, seed), "train/<class>", str(root))
     folder = PhotoFolder(root, flat=not any(e.is_dir() and not e.name.startswith(".") for e in os.scandir(root)))
     layout = "flat" if folder.flat else "<class>"
-    return Dataset(folder.classes, *split(ImageList.of(folder), val_fraction, seed), layout, str(root))
+    return Dataset(folder.classes, *split(ImageList.of(folder, exclude), val_fraction, seed), layout, str(root))
+
+
+def find_photos(root: str | Path, val_fraction: float, seed: int, exclude: str = "") -> tuple[Dataset, int]:
+    """A run's photos: find_dataset less the photos `exclude` names (see excluded_paths), and
+    how many it left out."""
+    if not exclude:
+        return find_dataset(root, val_fraction, seed), 0
+    dataset = find_dataset(root, val_fraction, seed, frozenset(excluded_paths(exclude)))
+    everything = find_dataset(root, val_fraction, seed)
+    return dataset, len(everything.train) + len(everything.val) - len(dataset.train) - len(dataset.val)
 
 
 def split(images: ImageList, val_fraction: float, seed: int) -> tuple[ImageList, ImageList]:
@@ -162,6 +175,52 @@ def split(images: ImageList, val_fraction: float, seed: int) -> tuple[ImageList,
             part.paths += chunk
             part.labels += [label] * len(chunk)
     return train, val
+
+
+FOLDER_KINDS = ("imbalance", "small_class")  # audit findings whose "path" is a class folder, not a photo
+
+
+def normalized_path(path: str | os.PathLike) -> str:
+    """The one spelling of a path that findings, --exclude and train.py compare: absolute,
+    normalized, symbolic links kept (a link is the photo the user filed)."""
+    return os.path.abspath(os.path.normpath(os.fspath(path)))
+
+
+def excluded_paths(spec: str) -> set[str]:
+    """The photos `train.py --exclude SPEC` leaves out, as normalized_path()s. SPEC is an audit's
+    findings.jsonl (every finding about a photo: delete the lines you disagree with first), a text
+    file of paths (one a line, # comments), or comma-separated paths. Folder-level findings
+    (imbalance, small_class) name a class, not a photo, and are not excluded."""
+    if not os.path.isfile(spec) or spec.lower().endswith(IMAGE_EXTENSIONS):
+        if spec.lower().endswith((".jsonl", ".json", ".txt")) and "," not in spec:
+            raise ClassifierError(f"--exclude {spec}: no such file")
+        return {normalized_path(p.strip()) for p in spec.split(",") if p.strip()}
+    lines = Path(spec).read_text(errors="replace").splitlines()
+    if not any(line.lstrip().startswith("{") for line in lines):
+        return {normalized_path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")}
+    paths = set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            finding = json.loads(line)
+            path, kind = finding["path"], finding.get("kind")
+        except (ValueError, KeyError, TypeError):
+            raise ClassifierError(f"{spec}, line {number}: not a finding (a JSON object with a \"path\")") from None
+        if kind not in FOLDER_KINDS:
+            paths.add(normalized_path(path))
+    return paths
+
+
+def stratified_folds(labels: torch.Tensor, folds: int, seed: int = 0) -> torch.Tensor:
+    """Fold number of each photo: every class spread evenly over the folds, in a seeded order."""
+    generator = torch.Generator().manual_seed(seed)
+    fold_of = torch.empty(len(labels), dtype=torch.long)
+    for label in labels.unique():
+        members = (labels == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        fold_of[members] = torch.arange(len(members)) % folds
+    return fold_of
 
 
 # --------------------------------------------------------------------------- decoded photos

@@ -37,9 +37,14 @@ def imagenet_score(imagenet_logits: torch.Tensor) -> torch.Tensor:
     return best_known - logits.topk(IMAGENET_TOP, dim=1).values[:, -1]
 
 
+def is_cats_and_dogs(classes: list[str]) -> bool:
+    """The classes the project's ImageNet neither rule is made for ."""
+    return sorted(c.lower() for c in classes) == ["cat", "dog"]
+
+
 def neither_rule(model, classes: list[str], val_logits: torch.Tensor) -> dict:
     """How predict flags photos that are neither class: {"method", "threshold"}."""
-    if hasattr(model, "forward_all") and sorted(c.lower() for c in classes) == ["cat", "dog"]:
+    if hasattr(model, "forward_all") and is_cats_and_dogs(classes):
         return {"method": "imagenet", "threshold": IMAGENET_THRESHOLD}
     scores = energy_score(val_logits)
     margin = 0.01 * (scores.max() - scores.min()).item() if len(scores) > 1 else 0.0

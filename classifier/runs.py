@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from classifier.checkpoint import load_checkpoint
-from classifier.data import find_dataset
+from classifier.data import find_photos
 from classifier.errors import ClassifierError
 from classifier.images import DecodedImages, Preprocessing
 from classifier.inference import Classifier
@@ -67,7 +67,7 @@ def predict_validation(run_dir: str | Path) -> Path:
     the validation images are found again from the data settings best.pt records."""
     checkpoint = load_checkpoint(Path(run_dir) / "best.pt")
     config = checkpoint["config"]
-    dataset = find_dataset(config["data"], config["val_fraction"], config["seed"])
+    dataset, _ = find_photos(config["data"], config["val_fraction"], config["seed"], config.get("exclude", ""))
     if dataset.classes != checkpoint["classes"]:
         raise ClassifierError(f"{config['data']} now has classes {dataset.classes}, but "
                               f"{run_dir}/best.pt was trained on {checkpoint['classes']}")

@@ -110,3 +110,15 @@ def fuse_batch_norms(model: nn.Module) -> nn.Module:
                     and conv.out_channels == norm.num_features:
                 sequence[i], sequence[i + 1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
     return fused
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run small tensor work (the probe: thousands of tiny L-BFGS operations) on one thread: more
+    threads only add synchronisation, which on a busy 2-core machine made the probe 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -27,7 +27,7 @@ from classifier.calibration import calibrate
 from classifier.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from classifier.cli import add_config_flags, run_command
 from classifier.config import TrainConfig
-from classifier.data import Batches, CachedImageFolder, Dataset, check_usable, find_dataset
+from classifier.data import Batches, CachedImageFolder, Dataset, check_usable, find_photos
 from classifier.errors import ClassifierError
 from classifier.features import Features, compute_features, feature_views, uses_cached_features
 from classifier.files import check_free_space, check_writable, load_weights
@@ -279,7 +279,9 @@ def setup(config: TrainConfig, resumed: dict | None, session: distributed.Sessio
         check_writable(out)
     if config.report:
         require_matplotlib()  # fail before training, not after it
-    dataset = find_dataset(config.data, config.val_fraction, config.seed)
+    dataset, left_out = find_photos(config.data, config.val_fraction, config.seed, config.exclude)
+    if config.exclude:
+        print(f"--exclude {config.exclude}: left out {left_out} photo(s) of {config.data}")
     if resumed and resumed["classes"] != dataset.classes:
         raise ClassifierError(
             f"{config.resume}: trained on classes {resumed['classes']}, but {config.data} now has "

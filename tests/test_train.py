@@ -217,3 +217,17 @@ def test_training_crops_are_cut_from_photos_decoded_at_the_test_time_size(tiny_r
     pipeline = train.image_pipeline(config, torch.nn.Identity(), preprocessing, crops, train_set, val_sets, session)
     x, labels = pipeline.prepare(train_set.images[:4], train_set.targets[:4], torch.Generator().manual_seed(0))
     assert x.shape == (4, 3, 32, 32)  # ... and every training batch is cut down to 32 px crops
+
+
+def test_exclude_leaves_the_named_photos_out_and_the_checkpoint_records_it(tiny_real, tmp_path, capsys):
+    data = copy_subset(tiny_real, tmp_path / "data", {"train": 6, "val": 3})
+    bad = [data / "train" / "cat" / "cat.1.jpg", data / "val" / "dog" / "dog.4001.jpg"]
+    findings = tmp_path / "findings.jsonl"
+    findings.write_text("".join(json.dumps({"kind": "label", "path": str(p)}) + "\n" for p in bad)
+                        + json.dumps({"kind": "imbalance", "path": str(data / "train" / "dog")}) + "\n")
+    out = tmp_path / "run"
+    assert train_main(train_args(data, out, tmp_path / "cache", "--epochs", 1, "--exclude", findings)) == 0
+    assert f"--exclude {findings}: left out 2 photo(s)" in capsys.readouterr().out
+    assert load_checkpoint(out / "best.pt")["config"]["exclude"] == str(findings)
+    predicted = [json.loads(line)["path"] for line in (out / "val_predictions.jsonl").read_text().splitlines()]
+    assert len(predicted) == 5 and str(bad[1]) not in predicted
