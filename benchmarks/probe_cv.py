@@ -5,7 +5,7 @@
 For each image size the frozen EfficientNet-Lite0 runs once over the training photos (each photo
 and its mirror image, center crops, as the recipe caches them; features.compute_features). Then
 for each variant (training views, test-time views, probe settings) the probe is trained on all
-folds but one by the library's own loop (train.fit: the recipe's optimizer, schedule and loss)
+folds but one by the library's own loop (fitting.fit: the recipe's optimizer, schedule and loss)
 and scored on the held-out fold. val/ is never read. The probe averages each feature map first,
 so the maps are averaged once here (same numbers, 81x less work). Writes its section of
 benchmarks/RESULTS.md.
@@ -20,7 +20,7 @@ import time
 import torch
 
 from benchmarks.common import write_section
-from classifier import distributed, train
+from classifier import distributed, fitting
 from classifier.config import TrainConfig
 from classifier.data import find_dataset
 from classifier.features import Features, compute_features
@@ -56,11 +56,11 @@ def cross_validate(features: Features, folds: int, size: int, train_views: int =
         config.eval_every, config.tta = config.epochs, test_views > 1
         config.batch_size = min(config.batch_size, int(fit.sum()) * train_views)  # as train.setup does
         model = create_model("efficientnet_lite0", 2, pretrained=True, finetune="probe")
-        pipeline = train.pipeline_on_features(model, subset(features, fit, train_views),
+        pipeline = fitting.pipeline_on_features(model, subset(features, fit, train_views),
                                               [subset(f, held, test_views) for f in (features, *test_sizes)])
-        trainer = train.make_trainer(config, model, pipeline, None, session)
-        run = train.Run(config, session, None, ["cat", "dog"], Preprocessing(size), trainer, pipeline, [])
-        metrics = train.fit(run, TrainState(), StopSignal(), time.perf_counter())
+        trainer = fitting.make_trainer(config, model, pipeline, None, session)
+        run = fitting.Run(config, session, None, ["cat", "dog"], Preprocessing(size), trainer, pipeline, [])
+        metrics = fitting.fit(run, TrainState(), StopSignal(), time.perf_counter())
         errors += round((1 - metrics["val_accuracy"]) * int(held.sum()))
     return errors
 
@@ -93,7 +93,7 @@ def main() -> None:
             settings = dict(zip(GRID, values))
             row(f"{size} px, {settings}", cross_validate(features[size], args.folds, size, **settings))
     body = "\n".join([f"{n} photos of train/, {args.folds}-fold cross-validation errors of the probe trained by "
-                      "train.fit (the recipe's settings unless named), val/ not used:", "",
+                      "fitting.fit (the recipe's settings unless named), val/ not used:", "",
                       "| variant | errors | accuracy |", "|---|---|---|", *rows])
     write_section("probe_cv", "Pretrained probe: settings by cross-validation on train/", body)
 

@@ -68,6 +68,8 @@ class TrainConfig:
     schedule: str = option("cosine", "learning rate after warmup", choices=("cosine", "constant"))
     warmup_epochs: float = recipe_option("epochs of linear learning-rate warmup")
     epochs: int = recipe_option("passes over the training images")
+    min_steps: int = recipe_option("at least this many optimizer steps: more epochs for a small folder "
+                                   "(0 when --epochs is given: exactly that many epochs)")
     batch_size: int = recipe_option("images per step (per process under torchrun: the global batch is N times larger)")
     augment: bool = option(True, "random resized crops and flips while training")
     min_scale: float = option(0.35, "smallest share of the image area a random crop keeps")
@@ -82,6 +84,11 @@ class TrainConfig:
                                     "in its crops (101 for 80 px crops with --min-scale 0.35)")
     eval_every: int = option(0, "evaluate on val every N epochs and after the last (0: every epoch in runs "
                              "of up to 10 epochs, else about 10 times per run)")
+    folds: int = option(-1, "also estimate accuracy by K-fold cross-validation over train and val photos, "
+                        "reported overall and per class (0: never; -1: 5 folds when a class has fewer than "
+                        "10 val photos and the model trains on cached features)")
+    balance: bool = option(True, "when classes differ in size (largest over 1.5x the smallest), weight the "
+                           "loss so that every class counts alike")
     # run
     seed: int = option(0, "seed for the split, initialization, shuffling and augmentation")
     device: str = option("auto", "auto, cpu, cuda or mps", choices=DEVICES)
@@ -111,6 +118,8 @@ class TrainConfig:
             used = checkpoint.get("config", {})
             name, pretrained = checkpoint["model"]["name"], bool(used.get("pretrained") or used.get("weights"))
         recipe = recipes.recipe(name, pretrained)
+        if self.epochs is not None and self.min_steps is None:
+            recipe = {**recipe, "min_steps": 0}  # --epochs N: exactly N epochs
         unset = {f.name: recipe[f.name] for f in fields(self)
                  if getattr(self, f.name) is None and f.name in recipe and f.name != "tta_sizes"}
         config = replace(self, model=name, **unset)

@@ -30,12 +30,13 @@ from classifier.progress import progress
 from classifier.runtime import autocast
 
 
-def compute_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
+def compute_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
+                 weight: torch.Tensor | None = None):
     """ce: cross-entropy; mse: the article's error, mean squared difference between the
     softmax probabilities and the one-hot target. targets: class indices [N], or class
-    probabilities [N, classes] (mixed images)."""
+    probabilities [N, classes] (mixed images). weight: of each class in the cross-entropy."""
     if kind == "ce":
-        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing)
     if targets.ndim == 1:
         targets = F.one_hot(targets, logits.shape[1]).float()
     return F.mse_loss(logits.softmax(dim=1), targets)
@@ -158,6 +159,7 @@ class Trainer:
     config: TrainConfig
     device: torch.device
     freeze: bool = False  # a frozen body stays in eval mode
+    class_weights: torch.Tensor | None = None  # of each class in the loss (classes of different sizes)
 
 
 def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
@@ -167,7 +169,7 @@ def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, gen
     x, targets = trainer.prepare(images.to(trainer.device), labels.to(trainer.device), generator)
     with autocast(trainer.device, config.precision):
         logits = trainer.forward(x).float()
-    loss = compute_loss(config.loss, logits, targets, config.label_smoothing)
+    loss = compute_loss(config.loss, logits, targets, config.label_smoothing, trainer.class_weights)
     majority = targets.argmax(1) if targets.ndim == 2 else targets  # mixed: the larger share
     sums = distributed.all_sum([loss.item() * len(labels), (logits.argmax(1) == majority).sum().item(), len(labels)])
     if not math.isfinite(sums[0]):

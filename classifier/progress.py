@@ -37,14 +37,15 @@ class LogProgress:
 
     def __iter__(self) -> Iterator:
         started = last = time.perf_counter()
+        printed = 0
         for item in self.iterable:
             yield item
             self.count += 1
             now = time.perf_counter()
             if now - last >= self.interval:
                 print(self.line(now - started), file=sys.stderr, flush=True)
-                last = now
-        if time.perf_counter() - started >= self.interval:
+                last, printed = now, self.count
+        if time.perf_counter() - started >= self.interval and printed != self.count:
             print(self.line(time.perf_counter() - started), file=sys.stderr, flush=True)
 
     def __len__(self) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 SCRATCH = {
     "image_size": 80,  # crops of this size; evaluated also at the test-time size (config.py)
     "epochs": 90,
+    "min_steps": 0,
     "batch_size": 64,
     "optimizer": "sgd",  # with Nesterov momentum 0.9 (TrainConfig.momentum, .nesterov)
     "lr": 0.03,
@@ -34,7 +35,7 @@ PRETRAINED = {**SCRATCH, "label_smoothing": 0.0, "ema": 0.0, "warmup_epochs": 1.
 # A linear probe on cached features of the frozen network: nearly all the time goes into one
 # pass of the frozen network over the photos; the probe's epochs then take about a second each.
 PROBE = {**PRETRAINED, "finetune": "probe", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05,
-         "batch_size": 64}
+         "batch_size": 64, "min_steps": 300}  # a folder of a dozen photos a class still gets 300 steps
 
 BACKBONES = {  # `--model NAME --pretrained`
     "efficientnet_lite0": {**PROBE, "image_size": 272, "views": 2, "epochs": 10, "tta": True, "tta_sizes": (320,)},

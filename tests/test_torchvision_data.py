@@ -11,7 +11,7 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from classifier import distributed, downloads, train
+from classifier import distributed, downloads, fitting, train
 from classifier.config import TrainConfig
 from classifier.data import CachedImageFolder, PhotoFolder, find_dataset
 from classifier.errors import ClassifierError
@@ -30,7 +30,7 @@ def test_a_users_dataloader_gets_the_tensors_and_labels_training_uses(tiny_real,
         torch.testing.assert_close(image, Preprocessing(32).decode(path).float() / 255)
     config = TrainConfig.from_dict({**vars(train.parse_args(train_args(tiny_real, tmp_path, tmp_path))),
                                     "augment": False}).resolved()
-    used, _ = train.load_splits(config, find_dataset(tiny_real), Preprocessing(32), None, distributed.start("cpu"))
+    used, _ = fitting.load_splits(config, find_dataset(tiny_real), Preprocessing(32), None, distributed.start("cpu"))
     torch.testing.assert_close(images, used.images.float() / 255)
     assert torch.equal(labels, used.targets)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from classifier import distributed, loop, train
+from classifier import distributed, fitting, loop, train
+from classifier.augment import Augmentation
 from classifier.checkpoint import load_checkpoint
 from classifier.config import TrainConfig
 from classifier.data import find_dataset
@@ -97,7 +98,7 @@ def _interrupt_on(monkeypatch, module, name: str, call_number: int):
     monkeypatch.setattr(module, name, wrapped)
 
 
-@pytest.mark.parametrize("module, where, call, ema", [(train, "validate", 1, 0), (loop, "compute_loss", 5, 0),
+@pytest.mark.parametrize("module, where, call, ema", [(fitting, "validate", 1, 0), (loop, "compute_loss", 5, 0),
                                                      (loop, "compute_loss", 5, 0.9)],
                          ids=["between-epochs", "mid-epoch", "mid-epoch-ema"])
 def test_interrupted_run_resumes_to_the_same_result(tiny_real, tmp_path, monkeypatch, capsys, module, where, call,
@@ -210,11 +211,11 @@ def test_training_crops_are_cut_from_photos_decoded_at_the_test_time_size(tiny_r
                                     "epochs": 1}).resolved()
     assert config.tta_sizes == (40,)  # 32 px crops look as large as a 40 px photo
     session, dataset = distributed.start("cpu"), find_dataset(tiny_real)
-    preprocessing, crops = Preprocessing(32, tta_sizes=(40,)), train.Augmentation(config.min_scale)
-    train_set, val_sets = train.load_splits(config, dataset, preprocessing, crops, session)
+    preprocessing, crops = Preprocessing(32, tta_sizes=(40,)), Augmentation(config.min_scale)
+    train_set, val_sets = fitting.load_splits(config, dataset, preprocessing, crops, session)
     assert train_set.images.shape[-1] == 40  # train/ is decoded at that size ...
     assert [v.images.shape[-1] for v in val_sets] == [32, 40]  # ... val at both
-    pipeline = train.image_pipeline(config, torch.nn.Identity(), preprocessing, crops, train_set, val_sets, session)
+    pipeline = fitting.image_pipeline(config, torch.nn.Identity(), preprocessing, crops, train_set, val_sets, session)
     x, labels = pipeline.prepare(train_set.images[:4], train_set.targets[:4], torch.Generator().manual_seed(0))
     assert x.shape == (4, 3, 32, 32)  # ... and every training batch is cut down to 32 px crops
 
