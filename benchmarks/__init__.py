@@ -1,6 +1,6 @@
 """Benchmarks: each measures what users run, with the library's own functions, and rewrites its
 section of RESULTS.md. Run from the repository root: `python -m benchmarks.NAME --help`."""
 
-from classifier.launch import tune_allocator
+from classifier.runtime import keep_freed_memory
 
-tune_allocator(always=True)  # measured as the project's commands run: with its malloc settings
+keep_freed_memory()  # measured as the project's commands run

@@ -53,8 +53,8 @@ def machine(environment: dict | None = None) -> str:
     """One line that lets a figure from this machine be compared with another's."""
     environment = os.environ if environment is None else environment
     info, load = cpu(), os.getloadavg()[0]
-    allocator = "glibc, the project's malloc settings" if environment.get("CLASSIFIER_ALLOCATOR") != "system" \
-        else "glibc defaults"
+    allocator = "glibc defaults" if environment.get("CLASSIFIER_ALLOCATOR") == "system" \
+        else "glibc with freed memory kept (runtime.keep_freed_memory)"
     return (f"{info['model']}, {os.cpu_count()} cores, flags {' '.join(info['flags']) or 'none of ' + ', '.join(FLAGS)}; "
             f"class {cpu_class(environment)}; {torch.get_num_threads()} threads; allocator {allocator}; "
             f"load average {load:.2f} at the end")

@@ -12,6 +12,7 @@ on the same pieces, writing nothing (Run.out None).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from classifier import distributed
 from classifier.augment import Augmentation, augment, mix
@@ -86,6 +88,8 @@ class Pipeline:
     prepare: Callable
     forward: Callable
     logits_of: Callable[[nn.Module], Callable]
+    module: Callable  # what `forward` computes, unwrapped (no DistributedDataParallel): FLOPs are counted on it
+    setup_flops: float = 0.0  # work done before the first step (the frozen pass over every photo)
 
 
 def image_pipeline(config: TrainConfig, trainee: nn.Module, preprocessing: Preprocessing, crops: Augmentation | None,
@@ -102,7 +106,9 @@ def image_pipeline(config: TrainConfig, trainee: nn.Module, preprocessing: Prepr
     def logits_of(model):
         return lambda sizes: model_outputs(model, sizes, preprocessing, config.tta, config.precision)[0]
 
-    return Pipeline((train.images, train.targets), [(v.images, v.targets) for v in val], prepare, trainee, logits_of)
+    module = getattr(trainee, "module", trainee)
+    return Pipeline((train.images, train.targets), [(v.images, v.targets) for v in val], prepare, trainee, logits_of,
+                    getattr(module, "_orig_mod", module))
 
 
 def feature_pipeline(config: TrainConfig, model: nn.Module, preprocessing: Preprocessing, crops: Augmentation | None,
@@ -113,7 +119,47 @@ def feature_pipeline(config: TrainConfig, model: nn.Module, preprocessing: Prepr
                                 seed=config.seed, precision=config.precision, desc="features of train views")
     val_features = [compute_features(model, v.decoded(), preprocessing, device, flip=config.tta,
                                      precision=config.precision, desc="features of val") for v in val]
-    return pipeline_on_features(model, features, val_features)
+    pipeline = pipeline_on_features(model, features, val_features)
+    pipeline.setup_flops = sum(frozen_flops(model, split.images.shape[-1], device) * f.values.shape[0] * f.values.shape[1]
+                               for f, split in zip([features, *val_features], [train, *val]))
+    return pipeline
+
+
+def count_flops(function: Callable, *args) -> float:
+    """Floating-point operations of one call (torch.utils.flop_counter), without gradients."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        function(*args)
+    return float(counter.get_total_flops())
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """The model in eval mode for a while: no batch-norm statistic moves, no dropout draws."""
+    mode = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(mode)
+
+
+def frozen_flops(model: nn.Module, size: int, device: torch.device) -> float:
+    """FLOPs of the frozen stages on one photo of `size` pixels."""
+    with evaluating(model):
+        return count_flops(model.frozen_features, torch.zeros(1, 3, size, size, device=device))
+
+
+def step_flops(run: "Run") -> tuple[float, float]:
+    """(FLOPs to train on one example, FLOPs to evaluate one val photo): training counted as three
+    times the forward pass (forward, and a backward pass of about twice its work). Counted in eval
+    mode, so that no batch-norm statistic or random number the run uses is touched."""
+    inputs, labels = run.pipeline.train_inputs
+    x, _ = run.pipeline.prepare(inputs[:1].to(run.trainer.device), labels[:1].to(run.trainer.device),
+                                torch.Generator().manual_seed(0))
+    with evaluating(run.trainer.model):
+        training = 3 * count_flops(run.pipeline.module, x)
+    sizes = [images[:1].to(run.trainer.device) for images, _ in run.pipeline.val_inputs]
+    return training, count_flops(run.pipeline.logits_of(run.inference_model), sizes)
 
 
 def pipeline_on_features(model: nn.Module, train: Features, val: list[Features]) -> Pipeline:
@@ -123,7 +169,7 @@ def pipeline_on_features(model: nn.Module, train: Features, val: list[Features])
         return lambda sizes: average(lambda f: (inference_model.tail(f),), feature_views(sizes))[0]
 
     return Pipeline(train.examples(), [(f.values, f.labels) for f in val],
-                    lambda x, labels, generator: (x.float(), labels), model.tail, logits_of)
+                    lambda x, labels, generator: (x.float(), labels), model.tail, logits_of, model.tail)
 
 
 @dataclass
@@ -141,6 +187,7 @@ class Run:
     calibrated: dict = field(default_factory=dict)  # temperature, calibration, neither rule of the latest val
     best_probabilities: torch.Tensor | None = None  # best.pt's calibrated val probabilities
     cross_validation: dict | None = None  # crossval.py's estimate, kept in the checkpoints
+    flops_per_step: tuple[float, float] | None = None  # step_flops(), counted once
 
     @property
     def inference_model(self) -> nn.Module:
@@ -203,7 +250,10 @@ def end_epoch(run: Run, state: TrainState, seconds: float, started_run: float) -
     if val:
         metrics.update(val["metrics"])
         line += f"  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}"
-    metrics["elapsed"] = round(time.perf_counter() - started_run, 3)
+    run.flops_per_step = run.flops_per_step or step_flops(run)
+    state.flops += (running.seen * run.flops_per_step[0] + (len(val["labels"]) * run.flops_per_step[1] if val else 0)
+                    + (run.pipeline.setup_flops if epoch == 1 else 0))
+    metrics["tflop"], metrics["elapsed"] = round(state.flops / 1e12, 3), round(time.perf_counter() - started_run, 3)
     if run.out is not None and (val or run.config.epochs <= 30):  # long runs: the evaluated epochs
         print(f"{line}  lr {metrics['lr']:.4g}  {seconds:.1f}s  {metrics['images_per_second']:.0f} img/s")
     if run.session.is_main and run.out is not None:

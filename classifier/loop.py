@@ -130,14 +130,16 @@ class TrainState:
     step: int = 0  # steps finished in the current epoch
     best_accuracy: float = -1.0
     running: Running = field(default_factory=Running)
+    flops: float = 0.0  # floating-point operations of the run so far (fitting.py counts them)
 
     @classmethod
     def restore(cls, saved: dict) -> "TrainState":
-        return cls(saved["epoch"], saved["step"], saved["best_accuracy"], Running.restore(saved["running"]))
+        return cls(saved["epoch"], saved["step"], saved["best_accuracy"], Running.restore(saved["running"]),
+                   saved.get("flops", 0.0))
 
     def to_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "best_accuracy": self.best_accuracy,
-                "running": asdict(self.running)}
+                "running": asdict(self.running), "flops": self.flops}
 
     def next_epoch(self) -> None:
         self.epoch, self.step, self.running = self.epoch + 1, 0, Running()

@@ -2,17 +2,20 @@
 LOG_INTERVAL seconds when stderr is a log file, CI or nohup (where a bar is unreadable).
 
     for batch in progress(batches, "epoch 3/90", unit="batch"): ...
+
+CLASSIFIER_PROGRESS_SECONDS sets LOG_INTERVAL (default 10).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-LOG_INTERVAL = 10.0  # seconds between progress lines when stderr is not a terminal
+LOG_INTERVAL = float(os.environ.get("CLASSIFIER_PROGRESS_SECONDS", 10))  # between lines when stderr is no terminal
 
 
 class LogProgress:
@@ -53,11 +56,11 @@ class LogProgress:
 
 
 def progress(iterable: Iterable, desc: str, total: int | None = None, unit: str = "img",
-             enabled: bool = True, leave: bool = False, interval: float = LOG_INTERVAL):
+             enabled: bool = True, leave: bool = False, interval: float | None = None):
     """A tqdm bar on a terminal (kept when done with `leave`), LogProgress lines elsewhere,
     nothing when not `enabled` (say, on the ranks of a distributed run other than the first)."""
     if not enabled:
         return tqdm(iterable, total=total, disable=True)
     if sys.stderr.isatty():
         return tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave, file=sys.stderr)
-    return LogProgress(iterable, desc, total, unit, interval)
+    return LogProgress(iterable, desc, total, unit, LOG_INTERVAL if interval is None else interval)

@@ -56,6 +56,7 @@ from classifier.cli import add_device_flags
 from classifier.errors import ClassifierError
 from classifier.gradcam import display_photo, explain_image, overlay_png
 from classifier.inference import Classifier
+from classifier.runtime import keep_freed_memory
 
 STATIC = Path(__file__).with_name("static")
 MAX_BATCH = 32  # photos per forward pass; more waiting photos go in the next one
@@ -383,6 +384,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(args: argparse.Namespace) -> int:
+    keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     classifier = Classifier.load(args.checkpoint, args.device, args.precision)

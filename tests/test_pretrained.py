@@ -33,7 +33,7 @@ def lite0(**kwargs):
 def pretrained_args(data, out, cache, *extra) -> list[str]:
     return [str(a) for a in ("--data", data, "--out", out, "--cache-dir", cache, "--model", "efficientnet_lite0",
                              "--pretrained", "--image-size", 32, "--batch-size", 8, "--epochs", 1,
-                             "--views", 2, "--tta-sizes", 40, "--device", "cpu", *extra)]
+                             "--views", 2, "--tta-sizes", 40, "--device", "cpu", "--folds", 0, *extra)]
 
 
 def test_lite0_ships_imagenet_weights_that_see_cats_and_dogs(real_data):
