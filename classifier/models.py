@@ -28,19 +28,6 @@ def activation_layer(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-class ClassifierHead:
-    """get_classifier / reset_classifier for models whose output layer is `self.head`."""
-
-    head: nn.Linear
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = nn.Linear(self.head.in_features, num_classes).to(self.head.weight.device)
-        self.model_config["num_classes"] = num_classes
-
-
 @register("mlp", fixed_size=True)
 class MLP(ClassifierHead, nn.Module):
     """The article's network: every pixel is an input neuron, then fully connected layers.
