@@ -82,6 +82,8 @@ class TrainConfig:
                                     "the checkpoint for predict --tta. Unset, a model that takes any size and "
                                     "trains on random crops gets the size at which things look as large as "
                                     "in its crops (101 for 80 px crops with --min-scale 0.35)")
+    tta_below: float = recipe_option("with --tta, the other views only for photos whose first view's probability "
+                                     "is below this (1: every photo gets every view)")
     eval_every: int = option(0, "evaluate on val every N epochs and after the last (0: every epoch in runs "
                              "of up to 10 epochs, else about 10 times per run)")
     folds: int = option(-1, "also estimate accuracy by K-fold cross-validation over train and val photos, "

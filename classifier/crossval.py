@@ -51,7 +51,7 @@ def fold_pipeline(config: TrainConfig, model, preprocessing, inputs: tuple, held
     """A fold's pipeline: train on the photos not `held`, evaluate on the held ones."""
     train, val = inputs
     if isinstance(train, Features):
-        return pipeline_on_features(model, subset(train, ~held), [subset(v, held) for v in val])
+        return pipeline_on_features(model, subset(train, ~held), [subset(v, held) for v in val], preprocessing.tta_below)
     crops = Augmentation(min_scale=config.min_scale) if config.augment else None
     return image_pipeline(config, model, preprocessing, crops, subset(train, ~held), [subset(v, held) for v in val],
                           session)

@@ -45,7 +45,7 @@ def build_model(config: TrainConfig, classes: list[str]) -> tuple[nn.Module, Pre
     if not config.init:
         entry = model_entry(config.model)
         preprocessing = Preprocessing(**{"image_size": config.image_size, "tta_sizes": config.tta_sizes,
-                                         **entry.preprocessing})
+                                         "tta_below": config.tta_below, **entry.preprocessing})
         model = create_model(config.model, len(classes), pretrained=config.pretrained, weights=config.weights,
                              **model_arguments(config.model, asdict(config)))
         return model, preprocessing
@@ -119,7 +119,7 @@ def feature_pipeline(config: TrainConfig, model: nn.Module, preprocessing: Prepr
                                 seed=config.seed, precision=config.precision, desc="features of train views")
     val_features = [compute_features(model, v.decoded(), preprocessing, device, flip=config.tta,
                                      precision=config.precision, desc="features of val") for v in val]
-    pipeline = pipeline_on_features(model, features, val_features)
+    pipeline = pipeline_on_features(model, features, val_features, preprocessing.tta_below)
     pipeline.setup_flops = sum(frozen_flops(model, split.images.shape[-1], device) * f.values.shape[0] * f.values.shape[1]
                                for f, split in zip([features, *val_features], [train, *val]))
     return pipeline
@@ -162,11 +162,11 @@ def step_flops(run: "Run") -> tuple[float, float]:
     return training, count_flops(run.pipeline.logits_of(run.inference_model), sizes)
 
 
-def pipeline_on_features(model: nn.Module, train: Features, val: list[Features]) -> Pipeline:
+def pipeline_on_features(model: nn.Module, train: Features, val: list[Features], tta_below: float = 1.0) -> Pipeline:
     """Train the model's tail on cached features; evaluate on val's views at every test-time size."""
 
     def logits_of(inference_model):
-        return lambda sizes: average(lambda f: (inference_model.tail(f),), feature_views(sizes))[0]
+        return lambda sizes: average(lambda f: (inference_model.tail(f),), feature_views(sizes), tta_below)[0]
 
     return Pipeline(train.examples(), [(f.values, f.labels) for f in val],
                     lambda x, labels, generator: (x.float(), labels), model.tail, logits_of, model.tail)

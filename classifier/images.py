@@ -54,6 +54,8 @@ class Preprocessing:
     mean, std: per-channel normalization applied to pixels scaled to [0, 1].
     tta_sizes: further sizes test-time augmentation decodes the photo at (larger ones show
             more detail); the model's outputs at every size are averaged.
+    tta_below: the other test-time views only for photos whose first view's softmax probability
+            is below this (1: for every photo); see tta.py.
     """
 
     image_size: int = 80
@@ -61,6 +63,7 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     tta_sizes: tuple[int, ...] = ()
+    tta_below: float = 1.0
 
     def __post_init__(self):
         if self.resize not in ("squash", "center_crop"):

@@ -166,4 +166,4 @@ class OnnxClassifier(Classifier):
             values = self.model.run(names, {"images": x.contiguous().numpy()})
             return tuple(torch.from_numpy(v) for v in values) + ((None,) if not imagenet else ())
 
-        return average(run, views(as_list(images)[:1], self.tta if tta is None else tta))
+        return average(run, views(as_list(images)[:1], self.tta if tta is None else tta), self.preprocessing.tta_below)

@@ -23,6 +23,7 @@ SCRATCH = {
     "label_smoothing": 0.1,
     "ema": 0.999,  # the moving average of the weights is what is evaluated and saved
     "tta": True,  # the photo and its mirror image, averaged
+    "tta_below": 1.0,  # every photo gets every view
     "finetune": "full",
     "finetune_stages": 2,
     "views": 1,

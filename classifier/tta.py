@@ -2,8 +2,10 @@
 
 A photo's views are its decodings at the image size and at each of the checkpoint's test-time
 sizes (`Preprocessing.tta_sizes`: larger sizes show more detail), each with its mirror image.
-Training's evaluation, predict, serve and exported ONNX models all average through `average`,
-so a model is measured exactly as it is used.
+With `Preprocessing.tta_below` under 1, only photos the first view leaves unsure (its largest
+softmax probability below that) get the other views: most photos cost one pass. Training's
+evaluation, predict, serve and exported ONNX models all average through `average`, so a model
+is measured exactly as it is used.
 """
 
 from __future__ import annotations
@@ -44,11 +46,23 @@ def views(batches: Batches, flip: bool) -> list[torch.Tensor]:
     return [view for x in as_list(batches) for view in ([x, x.flip(-1)] if flip else [x])]
 
 
-def average(forward: Callable[[torch.Tensor], tuple], inputs: list[torch.Tensor]) -> tuple:
-    """Run `forward` (one view -> a tuple of outputs, some may be None) on every view and
-    average each output in float32."""
-    runs = [forward(view) for view in inputs]
-    return tuple(None if outs[0] is None else sum(o.float() for o in outs) / len(outs) for outs in zip(*runs))
+def average(forward: Callable[[torch.Tensor], tuple], inputs: list[torch.Tensor], below: float = 1.0) -> tuple:
+    """Run `forward` (one view -> a tuple of outputs, the first the logits; some may be None) on
+    the views and average each output in float32. With `below` under 1, the views after the first
+    run only for the photos whose first-view softmax probability is below it."""
+    first = tuple(None if o is None else o.float() for o in forward(inputs[0]))
+    unsure = first[0].softmax(1).amax(1) < below if below < 1 else torch.ones(len(first[0]), dtype=torch.bool)
+    if len(inputs) == 1 or not unsure.any():
+        return first
+    everyone = bool(unsure.all())
+    runs = [forward(view if everyone else view[unsure.to(view.device)]) for view in inputs[1:]]
+    outputs = []
+    for own, rest in zip(first, zip(*runs)):
+        if own is not None:
+            own = own.clone()
+            own[unsure] = (own[unsure] + sum(o.float() for o in rest)) / len(inputs)
+        outputs.append(own)
+    return tuple(outputs)
 
 
 def model_outputs(model: nn.Module, batches: Batches, preprocessing: Preprocessing, flip: bool = False,
@@ -59,4 +73,4 @@ def model_outputs(model: nn.Module, batches: Batches, preprocessing: Preprocessi
     forward = model.forward_all if imagenet else (lambda x: (model(x), None))
     inputs = [preprocessing.normalize(x) for x in views(batches, flip)]
     with autocast(inputs[0].device, precision):
-        return average(forward, inputs)
+        return average(forward, inputs, preprocessing.tta_below)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from classifier import tta
 from classifier.images import Preprocessing
 from classifier.inference import Classifier
 from classifier.models import create_model
@@ -46,6 +47,25 @@ def test_tta_averages_the_mirror_image_and_every_test_time_size(tiny_real):
         assert result["probabilities"] == pytest.approx(classifier.predict(photo, tta=True), abs=1e-5)
     with pytest.raises(Exception, match="positive"):
         Preprocessing(32, tta_sizes=(0,))
+
+
+def test_adaptive_tta_gives_the_other_views_only_to_photos_the_first_leaves_unsure():
+    first = torch.tensor([[4.0, 0.0], [0.2, 0.0], [0.0, 5.0]])  # sure, unsure, sure
+    mirror = torch.tensor([[0.0, 4.0], [0.0, 0.6], [5.0, 0.0]])
+    seen = []
+
+    def forward(view):
+        seen.append(len(view))
+        return (first if view.sum() == 0 else mirror[view[:, 0, 0, 0].long()], None)
+
+    views = [torch.zeros(3, 1, 1, 1), torch.arange(3.0).view(3, 1, 1, 1) + 0.5]  # the mirror view knows its rows
+    views[1] = views[1].floor()
+    logits, imagenet = tta.average(forward, views, below=0.9)
+    assert seen == [3, 1] and imagenet is None  # the second view ran on the one unsure photo
+    assert torch.equal(logits[[0, 2]], first[[0, 2]])
+    assert torch.allclose(logits[1], (first[1] + mirror[1]) / 2)
+    full, _ = tta.average(forward, views)  # below 1: every photo gets every view
+    assert torch.allclose(full, (first + mirror) / 2)
 
 
 def test_predict_json_for_folders_recursively_with_a_broken_file(trained, tiny_real, tmp_path, capsys):
