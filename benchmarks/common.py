@@ -101,7 +101,7 @@ def rate(trainer: Trainer, batches, seconds: float) -> float:
     seen, started, step = 0, None, 0
     while True:
         for images, labels in batches:
-            train_step(trainer, images, labels, torch.Generator().manual_seed(step), "benchmark")
+            train_step(trainer, images, labels, torch.Generator().manual_seed(step), 0, "benchmark")
             step += 1
             if started is None:
                 started = time.perf_counter()

@@ -47,7 +47,7 @@ def throughput(data: str, seconds: float) -> dict:
         run = train.setup(config, None, distributed.start("cpu"))
         setup_seconds = time.perf_counter() - started
     config, layout = run.config, torch.channels_last if run.config.channels_last else torch.contiguous_format
-    plain = replace(run.trainer, prepare=lambda x, y, generator: (x.contiguous(memory_format=layout), y))
+    plain = replace(run.trainer, prepare=lambda x, y, generator, epoch: (x.contiguous(memory_format=layout), y))
     results = {"setup_seconds": setup_seconds, "image_size": config.image_size, "batch_size": config.batch_size,
                "precision": config.precision, "model": config.model}
     batches = Batches(*run.pipeline.train_inputs, config.batch_size, shuffle=True, drop_last=True,

@@ -45,7 +45,7 @@ def measure(data: str, precision: str, channels_last: bool, seconds: float) -> t
     x = run.preprocessing.normalize(torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)))
     x = x.contiguous(memory_format=layout)
     noise = [(x, torch.randint(0, 2, (batch,)))] * 4
-    training = rate(replace(run.trainer, prepare=lambda inputs, labels, generator: (inputs, labels)), noise, seconds)
+    training = rate(replace(run.trainer, prepare=lambda inputs, labels, generator, epoch: (inputs, labels)), noise, seconds)
     inference = inference_rate(run.trainer.model, x, precision, seconds)
     with torch.inference_mode(), autocast(x.device, precision):
         probabilities = run.trainer.model(x).float().softmax(1)

@@ -39,6 +39,9 @@ class TrainConfig:
     exclude: str = option("", "leave these photos out: an audit's findings.jsonl, a text file of paths, or "
                           "comma-separated paths ('' for none)")
     image_size: int = recipe_option("images are resized to this many pixels square")
+    size_from: int = recipe_option("progressive resizing: the training crops start at this size and grow to "
+                                   "--image-size over the first --size-ramp of the epochs (0: off)")
+    size_ramp: float = recipe_option("progressive resizing: the share of the epochs over which crops grow")
     cache_dir: str = option(default_cache_dir(), "where decoded images are cached ('' to disable)")
     workers: int = option(0, "decoding threads (0: one per CPU core)")
     # model
@@ -54,7 +57,8 @@ class TrainConfig:
     backbone_lr: float = recipe_option("learning rate of pretrained layers, as a fraction of --lr")
     hidden: tuple = option((512, 128), "mlp: hidden layer sizes, comma-separated ('' for none)")
     activation: str = option("relu", "mlp: activation function", choices=("relu", "sigmoid", "tanh", "gelu"))
-    channels: tuple = option((32, 64, 128, 256), "convnet: channels of each stage")
+    channels: tuple = recipe_option("convnet: channels of each stage")
+    stem_stride: int = recipe_option("convnet: 2 for a stem that halves the resolution (no work at full size)")
     blocks: int = option(1, "convnet: residual blocks per stage")
     dropout: float = option(0.2, "convnet: dropout before the output layer")
     # optimization
@@ -128,6 +132,16 @@ class TrainConfig:
         if config.tta_sizes is None:
             config.tta_sizes = default_tta_sizes(config, recipe)
         return config
+
+    def train_size(self, epoch: int) -> int:
+        """The training crop size of a 0-based epoch: with --size-from, growing from it to
+        --image-size over the first --size-ramp of the epochs in steps of 8 pixels (progressive
+        resizing: early epochs learn coarse shapes at a fraction of the cost), then --image-size."""
+        ramp = round(self.epochs * self.size_ramp)
+        if not self.size_from or epoch >= ramp:
+            return self.image_size
+        size = self.size_from + (self.image_size - self.size_from) * epoch / max(ramp - 1, 1)
+        return min(self.image_size, int(size // 8 * 8))
 
     def evaluates_after(self, epoch: int) -> bool:
         """Whether val is evaluated (and best.pt possibly saved) after this 1-based epoch."""

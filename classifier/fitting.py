@@ -97,8 +97,8 @@ def image_pipeline(config: TrainConfig, trainee: nn.Module, preprocessing: Prepr
     """Photos: each step crops, flips and mixes the batch, then runs the whole model."""
     layout, shard = memory_format(config.channels_last), {"rank": session.rank, "world_size": session.world_size}
 
-    def prepare(images, labels, generator):
-        x = augment(images, generator, crops, **shard, size=config.image_size) if crops else images
+    def prepare(images, labels, generator, epoch):
+        x = augment(images, generator, crops, **shard, size=config.train_size(epoch)) if crops else images
         if config.mixing != "none":
             x, labels = mix(x, labels, len(train.classes), config.mixing, generator)
         return preprocessing.normalize(x).contiguous(memory_format=layout), labels
@@ -149,13 +149,13 @@ def frozen_flops(model: nn.Module, size: int, device: torch.device) -> float:
         return count_flops(model.frozen_features, torch.zeros(1, 3, size, size, device=device))
 
 
-def step_flops(run: "Run") -> tuple[float, float]:
+def step_flops(run: "Run", epoch: int) -> tuple[float, float]:
     """(FLOPs to train on one example, FLOPs to evaluate one val photo): training counted as three
     times the forward pass (forward, and a backward pass of about twice its work). Counted in eval
     mode, so that no batch-norm statistic or random number the run uses is touched."""
     inputs, labels = run.pipeline.train_inputs
     x, _ = run.pipeline.prepare(inputs[:1].to(run.trainer.device), labels[:1].to(run.trainer.device),
-                                torch.Generator().manual_seed(0))
+                                torch.Generator().manual_seed(0), epoch)
     with evaluating(run.trainer.model):
         training = 3 * count_flops(run.pipeline.module, x)
     sizes = [images[:1].to(run.trainer.device) for images, _ in run.pipeline.val_inputs]
@@ -169,7 +169,7 @@ def pipeline_on_features(model: nn.Module, train: Features, val: list[Features],
         return lambda sizes: average(lambda f: (inference_model.tail(f),), feature_views(sizes), tta_below)[0]
 
     return Pipeline(train.examples(), [(f.values, f.labels) for f in val],
-                    lambda x, labels, generator: (x.float(), labels), model.tail, logits_of, model.tail)
+                    lambda x, labels, generator, epoch: (x.float(), labels), model.tail, logits_of, model.tail)
 
 
 @dataclass
@@ -187,7 +187,7 @@ class Run:
     calibrated: dict = field(default_factory=dict)  # temperature, calibration, neither rule of the latest val
     best_probabilities: torch.Tensor | None = None  # best.pt's calibrated val probabilities
     cross_validation: dict | None = None  # crossval.py's estimate, kept in the checkpoints
-    flops_per_step: tuple[float, float] | None = None  # step_flops(), counted once
+    flops_per_step: dict = field(default_factory=dict)  # step_flops() of each training size, counted once
 
     @property
     def inference_model(self) -> nn.Module:
@@ -250,8 +250,10 @@ def end_epoch(run: Run, state: TrainState, seconds: float, started_run: float) -
     if val:
         metrics.update(val["metrics"])
         line += f"  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}"
-    run.flops_per_step = run.flops_per_step or step_flops(run)
-    state.flops += (running.seen * run.flops_per_step[0] + (len(val["labels"]) * run.flops_per_step[1] if val else 0)
+    size = run.config.train_size(epoch - 1)
+    run.flops_per_step[size] = run.flops_per_step.get(size) or step_flops(run, epoch - 1)
+    per_example, per_val_photo = run.flops_per_step[size]
+    state.flops += (running.seen * per_example + (len(val["labels"]) * per_val_photo if val else 0)
                     + (run.pipeline.setup_flops if epoch == 1 else 0))
     metrics["tflop"], metrics["elapsed"] = round(state.flops / 1e12, 3), round(time.perf_counter() - started_run, 3)
     if run.out is not None and (val or run.config.epochs <= 30):  # long runs: the evaluated epochs

@@ -147,13 +147,14 @@ class TrainState:
 
 @dataclass
 class Trainer:
-    """What every step of a run uses. `prepare` turns a batch into the model's inputs and targets
-    (augmentation, mixing, normalization; nothing for cached features) and `forward` turns those
-    into logits (the whole model, or for cached features its tail)."""
+    """What every step of a run uses. `prepare(images, labels, generator, epoch)` turns a batch
+    into the model's inputs and targets (augmentation at the epoch's size, mixing, normalization;
+    nothing for cached features) and `forward` turns those into logits (the whole model, or for
+    cached features its tail)."""
 
     model: nn.Module  # what the optimizer updates
     forward: Callable[[torch.Tensor], torch.Tensor]
-    prepare: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+    prepare: Callable[[torch.Tensor, torch.Tensor, torch.Generator, int], tuple[torch.Tensor, torch.Tensor]]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -165,10 +166,10 @@ class Trainer:
 
 
 def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
-               where: str) -> list[float]:
+               epoch: int, where: str) -> list[float]:
     """One optimizer step on a batch; returns [loss sum, correct, images] over all processes."""
     config = trainer.config
-    x, targets = trainer.prepare(images.to(trainer.device), labels.to(trainer.device), generator)
+    x, targets = trainer.prepare(images.to(trainer.device), labels.to(trainer.device), generator, epoch)
     with autocast(trainer.device, config.precision):
         logits = trainer.forward(x).float()
     loss = compute_loss(config.loss, logits, targets, config.label_smoothing, trainer.class_weights)
@@ -201,7 +202,7 @@ def train_one_epoch(trainer: Trainer, batches: Batches, state: TrainState, stop:
             continue  # resuming mid-epoch: these batches were already trained on
         torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout
         generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, step))
-        state.running.add(*train_step(trainer, images, labels, generator, f"epoch {epoch + 1}, step {step}"))
+        state.running.add(*train_step(trainer, images, labels, generator, epoch, f"epoch {epoch + 1}, step {step}"))
         state.step = step + 1
         bar.set_postfix(loss=f"{state.running.loss:.4f}", acc=f"{state.running.accuracy:.3f}")
         if distributed.any_rank(stop.requested) and state.step < len(batches):

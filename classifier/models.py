@@ -54,8 +54,8 @@ class MLP(ClassifierHead, nn.Module):
         return self.head(self.body(x))
 
 
-def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
                          nn.ReLU(inplace=True))
 
 
@@ -79,20 +79,24 @@ class ResidualBlock(nn.Module):
 
 @register("convnet")
 class ConvNet(ClassifierHead, nn.Module):
-    """Stages of 3x3 convolutions with batch norm, each halving the resolution.
+    """A 3x3 stem, then stages of 3x3 convolutions with batch norm, each halving the resolution.
 
     channels: width of each stage; blocks: residual blocks after each stage's downsampling.
+    stem_stride 2: the stem itself halves the resolution, so the first stage neither pools nor
+    (when its width is the stem's) changes width: no work at full resolution, where activations
+    are largest and a CPU spends its time moving memory rather than computing.
     Early stages see edges and textures; later stages, with a wider view, see parts (ears,
     eyes, fur); global average pooling then a linear layer turns them into class scores.
     """
 
     def __init__(self, num_classes: int, channels: Sequence[int] = (32, 64, 128, 256),
-                 blocks: int = 1, dropout: float = 0.2):
+                 blocks: int = 1, dropout: float = 0.2, stem_stride: int = 1):
         super().__init__()
-        stages, width = [conv_bn(3, channels[0])], channels[0]
-        for c in channels:
-            stage = [nn.MaxPool2d(2), conv_bn(width, c)] + [ResidualBlock(c) for _ in range(blocks)]
-            stages.append(nn.Sequential(*stage))
+        stages, width = [conv_bn(3, channels[0], stem_stride)], channels[0]
+        for index, c in enumerate(channels):
+            pooled = not (index == 0 and stem_stride == 2)
+            stage = ([nn.MaxPool2d(2)] if pooled else []) + ([conv_bn(width, c)] if pooled or width != c else [])
+            stages.append(nn.Sequential(*stage, *[ResidualBlock(c) for _ in range(blocks)]))
             width = c
         self.features = nn.Sequential(*stages)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout))

@@ -13,6 +13,10 @@ from __future__ import annotations
 # `python train.py --data DIR`: a small ResNet-style convnet from random weights.
 SCRATCH = {
     "image_size": 80,  # crops of this size; evaluated also at the test-time size (config.py)
+    "size_from": 0,  # no progressive resizing
+    "size_ramp": 0.5,
+    "channels": (32, 64, 128, 256),
+    "stem_stride": 1,
     "epochs": 90,
     "min_steps": 0,
     "batch_size": 64,

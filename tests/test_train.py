@@ -67,7 +67,7 @@ def test_checkpoint_is_self_describing(tiny_real, tmp_path):
     best, last = load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")
     assert best["classes"] == ["cat", "dog"]
     assert best["model"] == {"name": "convnet", "num_classes": 2, "channels": [8, 16], "blocks": 1,
-                             "dropout": 0.2}
+                             "dropout": 0.2, "stem_stride": 1}
     assert best["preprocessing"]["image_size"] == 32 and best["config"]["epochs"] == 2
     assert "training_state" not in best and {"optimizer", "scheduler"} <= set(last["training_state"])
     assert last["epoch"] == 2 and last["metrics"] == metrics(out)[-1]
@@ -216,7 +216,7 @@ def test_training_crops_are_cut_from_photos_decoded_at_the_test_time_size(tiny_r
     assert train_set.images.shape[-1] == 40  # train/ is decoded at that size ...
     assert [v.images.shape[-1] for v in val_sets] == [32, 40]  # ... val at both
     pipeline = fitting.image_pipeline(config, torch.nn.Identity(), preprocessing, crops, train_set, val_sets, session)
-    x, labels = pipeline.prepare(train_set.images[:4], train_set.targets[:4], torch.Generator().manual_seed(0))
+    x, labels = pipeline.prepare(train_set.images[:4], train_set.targets[:4], torch.Generator().manual_seed(0), 0)
     assert x.shape == (4, 3, 32, 32)  # ... and every training batch is cut down to 32 px crops
 
 
@@ -232,3 +232,17 @@ def test_exclude_leaves_the_named_photos_out_and_the_checkpoint_records_it(tiny_
     assert load_checkpoint(out / "best.pt")["config"]["exclude"] == str(findings)
     predicted = [json.loads(line)["path"] for line in (out / "val_predictions.jsonl").read_text().splitlines()]
     assert len(predicted) == 5 and str(bad[1]) not in predicted
+
+
+def test_progressive_resizing_grows_the_crops_over_the_first_part_of_the_run():
+    config = TrainConfig(epochs=10, image_size=80, size_from=56, size_ramp=0.5).resolved()
+    assert [config.train_size(e) for e in range(10)] == [56, 56, 64, 72, 80, 80, 80, 80, 80, 80]
+    assert {TrainConfig(epochs=10).resolved().train_size(e) for e in range(10)} == {80}
+
+
+def test_a_stride_2_stem_does_no_work_at_full_resolution():
+    model = create_model("convnet", channels=(24, 48), stem_stride=2)
+    assert model(torch.zeros(1, 3, 80, 80)).shape == (1, 2)
+    first = model.features[1]  # the first stage: its residual block only (no pooling, same width)
+    assert [type(m).__name__ for m in first] == ["ResidualBlock"]
+    assert model.features[0][0].stride == (2, 2)
