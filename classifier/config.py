@@ -72,6 +72,9 @@ class TrainConfig:
     schedule: str = option("cosine", "learning rate after warmup", choices=("cosine", "constant"))
     warmup_epochs: float = recipe_option("epochs of linear learning-rate warmup")
     epochs: int = recipe_option("passes over the training images")
+    time_budget: float = recipe_option("minutes the whole run may take from process start: the first steps are "
+                                       "timed and as many epochs as fit are trained, at most --epochs (0: no "
+                                       "budget; 0 when --epochs is given: exactly that many epochs)")
     min_steps: int = recipe_option("at least this many optimizer steps: more epochs for a small folder "
                                    "(0 when --epochs is given: exactly that many epochs)")
     batch_size: int = recipe_option("images per step (per process under torchrun: the global batch is N times larger)")
@@ -124,8 +127,8 @@ class TrainConfig:
             used = checkpoint.get("config", {})
             name, pretrained = checkpoint["model"]["name"], bool(used.get("pretrained") or used.get("weights"))
         recipe = recipes.recipe(name, pretrained)
-        if self.epochs is not None and self.min_steps is None:
-            recipe = {**recipe, "min_steps": 0}  # --epochs N: exactly N epochs
+        if self.epochs is not None:
+            recipe = {**recipe, "min_steps": 0, "time_budget": 0}  # --epochs N: exactly N epochs
         unset = {f.name: recipe[f.name] for f in fields(self)
                  if getattr(self, f.name) is None and f.name in recipe and f.name != "tta_sizes"}
         config = replace(self, model=name, **unset)

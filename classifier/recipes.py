@@ -18,6 +18,7 @@ SCRATCH = {
     "channels": (32, 64, 128, 256),
     "stem_stride": 1,
     "epochs": 90,
+    "time_budget": 0,  # minutes; 0: exactly `epochs`
     "min_steps": 0,
     "batch_size": 64,
     "optimizer": "sgd",  # with Nesterov momentum 0.9 (TrainConfig.momentum, .nesterov)

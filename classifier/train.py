@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from classifier import distributed, recipes
+from classifier import budget, distributed, recipes
 from classifier.augment import Augmentation
 from classifier.checkpoint import load_checkpoint
 from classifier.cli import add_config_flags, run_command
@@ -171,6 +171,8 @@ def train(config: TrainConfig) -> dict:
                                                                   config.exclude)[0], session, folds)
         if session.is_main:
             (run.out / "cross_validation.json").write_text(json.dumps(run.cross_validation, indent=1) + "\n")
+    if config.time_budget and not resumed:  # a resumed run keeps its plan
+        budget.plan(run, config.time_budget, started)
     state = resume_training(run, resumed) if resumed else TrainState()
     with StopSignal() as stop:
         metrics = fit(run, state, stop, started)

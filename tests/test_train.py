@@ -246,3 +246,14 @@ def test_a_stride_2_stem_does_no_work_at_full_resolution():
     first = model.features[1]  # the first stage: its residual block only (no pooling, same width)
     assert [type(m).__name__ for m in first] == ["ResidualBlock"]
     assert model.features[0][0].stride == (2, 2)
+
+
+@pytest.mark.parametrize("minutes, planned", [(10, 40), (0.001, 1)])
+def test_a_time_budget_plans_as_many_epochs_as_fit(tiny_real, tmp_path, capsys, minutes, planned):
+    out = tmp_path / "run"
+    assert train_main(train_args(tiny_real, out, tmp_path / "cache", "--epochs", 40, "--time-budget", minutes,
+                                 "--eval-every", 40)) == 0
+    assert f"time budget {minutes:g} min: " in capsys.readouterr().out
+    last = load_checkpoint(out / "last.pt")
+    assert last["config"]["epochs"] == planned == last["epoch"]  # the checkpoint keeps the plan
+    assert TrainConfig(epochs=5).resolved().time_budget == 0  # --epochs alone: exactly that many
