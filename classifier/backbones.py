@@ -72,19 +72,25 @@ class Backbone(ClassifierHead, nn.Module):
             h = stage(h)
         return self.head(self.dropout(self.pool(h)))
 
-    def imagenet_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Frozen features -> the original network's 1000 ImageNet logits."""
+    def imagenet_embedding(self, h: torch.Tensor) -> torch.Tensor:
+        """Frozen features -> the original network's pooled features (what its ImageNet head reads)."""
         for stage in self.imagenet_stages:
             h = stage(h)
-        return self.imagenet_head(self.pool(h))
+        return self.pool(h)
+
+    def imagenet_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Frozen features -> the original network's 1000 ImageNet logits."""
+        return self.imagenet_head(self.imagenet_embedding(h))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tail(self.frozen_features(x))
 
-    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class logits, ImageNet logits) from one pass through the shared frozen stages."""
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(class logits, ImageNet logits, the original network's pooled features) from one pass
+        through the shared frozen stages."""
         h = self.frozen_features(x)
-        return self.tail(h), self.imagenet_logits(h)
+        embedding = self.imagenet_embedding(h)
+        return self.tail(h), self.imagenet_head(embedding), embedding
 
     def train(self, mode: bool = True):
         """Frozen stages and the ImageNet branch stay in eval mode (batch-norm statistics fixed)."""

@@ -14,7 +14,8 @@ What the exported model takes and gives:
           std) is inside the model: do not normalize the pixels yourself.
   outputs "probabilities" [N, classes] (the calibration temperature applied), "logits"
           [N, classes] (before it), and for pretrained cat/dog backbones whose "neither" rule
-          uses them, "imagenet_logits" [N, 1000].
+          uses them, "imagenet_logits" [N, 1000] and, with the rule's bank of training photos
+          inside the graph, "similarity" [N] (cosine similarity to the nearest training photo).
   metadata (ONNX metadata_props; TorchScript extra file "classifier.json"): "classes" (JSON
           list, in output order), "preprocessing" (JSON), "temperature", "neither" (JSON), "tta"
           (JSON: whether predict averages the mirror image by default), and "format"
@@ -44,7 +45,7 @@ FORMATS = ("onnx", "torchscript")
 
 
 class ExportedModel(nn.Module):
-    """uint8 images -> (probabilities, logits[, imagenet_logits]): normalization, the model,
+    """uint8 images -> (probabilities, logits[, imagenet_logits[, similarity]]): normalization, the model,
     the temperature and softmax in one module."""
 
     def __init__(self, classifier: Classifier):
@@ -54,17 +55,21 @@ class ExportedModel(nn.Module):
         self.imagenet = neither.uses_imagenet(classifier.neither)
         self.register_buffer("mean", torch.tensor(classifier.preprocessing.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(classifier.preprocessing.std).view(1, 3, 1, 1))
+        self.bank = None if classifier.bank is None or not self.imagenet else \
+            torch.nn.functional.normalize(classifier.bank.float(), dim=1)
 
     def forward(self, images: torch.Tensor):
         x = (images.float() / 255 - self.mean) / self.std  # as Preprocessing.normalize
-        if self.imagenet:
-            logits, imagenet_logits = self.model.forward_all(x)
-            return (logits / self.temperature).softmax(1), logits, imagenet_logits
-        logits = self.model(x)
-        return (logits / self.temperature).softmax(1), logits
+        if not self.imagenet:
+            logits = self.model(x)
+            return (logits / self.temperature).softmax(1), logits
+        logits, imagenet_logits, embedding = self.model.forward_all(x)
+        outputs = ((logits / self.temperature).softmax(1), logits, imagenet_logits)
+        return outputs if self.bank is None else (*outputs, neither.nearest_similarity(embedding, self.bank))
 
     def output_names(self) -> list[str]:
-        return ["probabilities", "logits"] + (["imagenet_logits"] if self.imagenet else [])
+        return ["probabilities", "logits"] + (["imagenet_logits"] if self.imagenet else []) \
+            + (["similarity"] if self.bank is not None else [])
 
 
 def metadata(classifier: Classifier) -> dict[str, str]:

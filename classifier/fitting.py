@@ -90,6 +90,7 @@ class Pipeline:
     logits_of: Callable[[nn.Module], Callable]
     module: Callable  # what `forward` computes, unwrapped (no DistributedDataParallel): FLOPs are counted on it
     setup_flops: float = 0.0  # work done before the first step (the frozen pass over every photo)
+    bank: torch.Tensor | None = None  # the training photos' ImageNet features, for the neither rule
 
 
 def image_pipeline(config: TrainConfig, trainee: nn.Module, preprocessing: Preprocessing, crops: Augmentation | None,
@@ -120,9 +121,20 @@ def feature_pipeline(config: TrainConfig, model: nn.Module, preprocessing: Prepr
     val_features = [compute_features(model, v.decoded(), preprocessing, device, flip=config.tta,
                                      precision=config.precision, desc="features of val") for v in val]
     pipeline = pipeline_on_features(model, features, val_features, preprocessing.tta_below)
+    pipeline.bank = imagenet_bank(model, features, device)
     pipeline.setup_flops = sum(frozen_flops(model, split.images.shape[-1], device) * f.values.shape[0] * f.values.shape[1]
                                for f, split in zip([features, *val_features], [train, *val]))
     return pipeline
+
+
+def imagenet_bank(model: nn.Module, features: Features, device: torch.device, batch: int = 256) -> torch.Tensor | None:
+    """The original network's pooled features of every training photo (its first view): what the
+    neither rule compares a new photo with (neither.py). None for models without an ImageNet head."""
+    if not hasattr(model, "imagenet_embedding"):
+        return None
+    with evaluating(model), torch.inference_mode():
+        return torch.cat([model.imagenet_embedding(features.values[i:i + batch, 0].float().to(device)).cpu()
+                          for i in range(0, len(features), batch)]).half()
 
 
 def count_flops(function: Callable, *args) -> float:
@@ -203,6 +215,8 @@ def save(run: Run, state: TrainState, name: str, metrics: dict, with_state: bool
     extra = {"epoch": state.epoch, "metrics": metrics, "config": asdict(run.config), **run.calibrated}
     if run.cross_validation:
         extra["cross_validation"] = run.cross_validation
+    if "similar" in (run.calibrated.get("neither") or {}):
+        extra["neither_bank"] = run.pipeline.bank
     if with_state:
         extra["training_state"] = {
             **state.to_dict(), "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
@@ -231,7 +245,7 @@ def validate(run: Run, epoch: int) -> dict:
                               f"try a lower --lr (now {config.lr}); saved checkpoints were kept")
     fit = calibrate(val["logits"], val["labels"])
     run.calibrated = {"temperature": fit["temperature"], "calibration": fit,
-                      "neither": neither_rule(run.inference_model, run.classes, val["logits"])}
+                      "neither": neither_rule(run.inference_model, run.classes, val["logits"], run.pipeline.bank)}
     val["probabilities"] = (val["logits"] / fit["temperature"]).softmax(1)
     val["metrics"] = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "temperature": fit["temperature"],
                       "ece": fit["ece_before"], "ece_calibrated": fit["ece_after"],

@@ -45,6 +45,7 @@ class Classifier:
     precision: str = "fp32"  # of the forward pass: fp32, bf16 or fp16 (see runtime.autocast)
     tta: bool = False  # the default of every method's `tta`: how training evaluated the model, which
     #                    is what its accuracy, temperature and neither threshold were measured on
+    bank: torch.Tensor | None = None  # training photos' features, for the neither rule's similarity
 
     @classmethod
     def load(cls, path: str | Path = "checkpoints/best.pt", device: str = "auto",
@@ -61,7 +62,8 @@ class Classifier:
         model = (fuse_batch_norms(model) if fuse else model).to(device, memory_format=torch.channels_last)
         return cls(model, checkpoint["classes"], Preprocessing(**checkpoint["preprocessing"]),
                    float(checkpoint.get("temperature", 1.0)), device, checkpoint.get("neither"),
-                   resolve_precision(precision, device), bool(checkpoint.get("config", {}).get("tta", False)))
+                   resolve_precision(precision, device), bool(checkpoint.get("config", {}).get("tta", False)),
+                   checkpoint.get("neither_bank"))
 
     def decode(self, source: Source, tta: bool | None = None, name: str | None = None) -> list[torch.Tensor]:
         """One photo (a path, a PIL image, or a file's bytes named `name`) -> the uint8 tensors a
@@ -71,21 +73,22 @@ class Classifier:
 
     def logits(self, images: Batches, tta: bool | None = None, imagenet: bool = False):
         """uint8 images [N, 3, S, S] (a list of them, one per decoding, with TTA) -> (logits,
-        ImageNet logits or None), float32, averaged over the views, before the temperature."""
+        ImageNet logits or None, similarity to the nearest training photo or None), float32,
+        averaged over the views, before the temperature."""
         images = [x.to(self.device).contiguous(memory_format=torch.channels_last) for x in as_list(images)]
         return model_outputs(self.model, images, self.preprocessing, self.tta if tta is None else tta,
-                                 self.precision, imagenet)
+                             self.precision, imagenet, self.bank if imagenet else None)
 
     @torch.inference_mode()
     def outputs(self, images: Batches, tta: bool | None = None, known: bool = True):
         """uint8 images -> (probabilities [N, classes], known scores [N] or None): how much each
         image looks like the trained classes; below self.neither["threshold"] it is neither."""
         known = known and self.neither is not None
-        logits, imagenet_logits = self.logits(images, tta, known and neither.uses_imagenet(self.neither))
+        logits, imagenet_logits, similarity = self.logits(images, tta, known and neither.uses_imagenet(self.neither))
         probabilities = (logits / self.temperature).softmax(dim=1).cpu()
         if not known:
             return probabilities, None
-        return probabilities, neither.known_scores(self.neither, logits, imagenet_logits).cpu()
+        return probabilities, neither.known_scores(self.neither, logits, imagenet_logits, similarity).cpu()
 
     def probabilities(self, images: Batches, tta: bool | None = None) -> torch.Tensor:
         """uint8 images -> probabilities [N, classes]."""
@@ -160,10 +163,12 @@ class OnnxClassifier(Classifier):
                    torch.device("cpu"), json.loads(meta["neither"]), tta=json.loads(meta.get("tta", "false")))
 
     def logits(self, images: Batches, tta: bool | None = None, imagenet: bool = False):
-        names = ["logits"] + (["imagenet_logits"] if imagenet else [])
+        outputs = {output.name for output in self.model.get_outputs()}
+        names = ["logits"] + [n for n in ("imagenet_logits", "similarity") if imagenet and n in outputs]
 
         def run(x: torch.Tensor) -> tuple:
-            values = self.model.run(names, {"images": x.contiguous().numpy()})
-            return tuple(torch.from_numpy(v) for v in values) + ((None,) if not imagenet else ())
+            values = dict(zip(names, self.model.run(names, {"images": x.contiguous().numpy()})))
+            return tuple(torch.from_numpy(values[n]) if n in values else None
+                         for n in ("logits", "imagenet_logits", "similarity"))
 
         return average(run, views(as_list(images)[:1], self.tta if tta is None else tta), self.preprocessing.tta_below)

@@ -3,12 +3,16 @@
 A rule is plain data stored in the checkpoint, {"method", "threshold"}; a photo whose known
 score is below the threshold shows none of the trained classes.
 
-  imagenet  (pretrained backbones trained on cats and dogs) the model's original ImageNet
-            classifier is asked whether any of its cat or dog classes is among its
-            IMAGENET_TOP most likely guesses for the photo; if none is, the answer is "neither".
-            (Chosen over a threshold on P(any cat or dog class), which ImageNet's 1000 classes
-            spread thin: on train/ at 272 px, "P < 0.2" flagged 37 of 2,000 cat and dog photos
-            and 18 of the 19 photos of ../shared/data/neither, "none in the top 5" 17 and 19.)
+  imagenet  (pretrained backbones trained on cats and dogs) the photo is neither when the model's
+            original ImageNet classifier has none of its cat or dog classes among its IMAGENET_TOP
+            most likely guesses AND the photo looks unlike every training photo: the cosine
+            similarity of the original network's pooled features to the nearest training photo's
+            (the "bank" the checkpoint keeps) is below the rule's "similar" (IMAGENET_SIMILAR).
+            The top-5 test alone flagged real cats and dogs that ImageNet's classes do not
+            describe well (newborn kittens, a cat upside down, a dog behind a fence); on train/
+            at 272 px no training photo is less similar than 0.488 to its nearest other one,
+            while the 19 photos of ../shared/data/neither are at most 0.430, hence 0.45. Without
+            a bank (--finetune full), the top-5 test alone.
   energy    (every other model) the score is logsumexp of the logits, high for inputs like
             the training data; the threshold sits just below the lowest score of any
             validation photo, so no validation photo is flagged (a conservative rule).
@@ -21,6 +25,8 @@ import torch
 IMAGENET_CATS_AND_DOGS = range(151, 294)  # dog breeds 151-268, wolves and foxes, cats 281-293
 IMAGENET_TOP = 5
 IMAGENET_THRESHOLD = 0.0  # on imagenet_score: a cat or dog class among the IMAGENET_TOP best guesses
+IMAGENET_SIMILAR = 0.45  # cosine similarity to the nearest training photo that makes a photo familiar
+SIMILARITY_SCALE = 10.0  # known_score = max(imagenet_score, SIMILARITY_SCALE * (similarity - similar))
 
 
 def energy_score(logits: torch.Tensor) -> torch.Tensor:
@@ -42,10 +48,17 @@ def is_cats_and_dogs(classes: list[str]) -> bool:
     return sorted(c.lower() for c in classes) == ["cat", "dog"]
 
 
-def neither_rule(model, classes: list[str], val_logits: torch.Tensor) -> dict:
-    """How predict flags photos that are neither class: {"method", "threshold"}."""
+def nearest_similarity(embedding: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each embedding [N, C] to its nearest row of bank [M, C]."""
+    query = torch.nn.functional.normalize(embedding.float(), dim=1)
+    return (query @ torch.nn.functional.normalize(bank.to(query.device).float(), dim=1).T).amax(1)
+
+
+def neither_rule(model, classes: list[str], val_logits: torch.Tensor, bank: torch.Tensor | None = None) -> dict:
+    """How predict flags photos that are neither class: {"method", "threshold"[, "similar"]}."""
     if hasattr(model, "forward_all") and is_cats_and_dogs(classes):
-        return {"method": "imagenet", "threshold": IMAGENET_THRESHOLD}
+        rule = {"method": "imagenet", "threshold": IMAGENET_THRESHOLD}
+        return {**rule, "similar": IMAGENET_SIMILAR} if bank is not None else rule
     scores = energy_score(val_logits)
     margin = 0.01 * (scores.max() - scores.min()).item() if len(scores) > 1 else 0.0
     return {"method": "energy", "threshold": scores.min().item() - margin if len(scores) else float("-inf")}
@@ -56,6 +69,15 @@ def uses_imagenet(rule: dict | None) -> bool:
     return bool(rule) and rule["method"] == "imagenet"
 
 
-def known_scores(rule: dict, logits: torch.Tensor, imagenet_logits: torch.Tensor | None) -> torch.Tensor:
-    """How much each photo looks like the trained classes, on the rule's scale."""
-    return imagenet_score(imagenet_logits) if uses_imagenet(rule) else energy_score(logits)
+def known_scores(rule: dict, logits: torch.Tensor, imagenet_logits: torch.Tensor | None,
+                 similarity: torch.Tensor | None = None) -> torch.Tensor:
+    """How much each photo looks like the trained classes, on the rule's scale (below the
+    threshold: neither). imagenet with "similar": the larger of the top-5 score and
+    SIMILARITY_SCALE x (similarity to the nearest training photo - similar), so a photo is
+    neither only when both say it is."""
+    if not uses_imagenet(rule):
+        return energy_score(logits)
+    score = imagenet_score(imagenet_logits)
+    if "similar" in rule and similarity is not None:
+        score = torch.maximum(score, SIMILARITY_SCALE * (similarity.float() - rule["similar"]))
+    return score

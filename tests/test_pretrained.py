@@ -2,6 +2,7 @@
 calibration and the "neither" answer. Small images and a dozen photos keep it fast."""
 
 import json
+from pathlib import Path
 import urllib.error
 
 import pytest
@@ -19,7 +20,7 @@ from classifier.models import create_model
 from classifier.inference import Classifier
 from classifier.config import TrainConfig
 from classifier.loop import make_optimizer
-from classifier.neither import IMAGENET_THRESHOLD, energy_score, neither_rule
+from classifier.neither import IMAGENET_SIMILAR, IMAGENET_THRESHOLD, energy_score, neither_rule
 from conftest import REPO, copy_subset, make_image
 from test_train import _interrupt_on
 
@@ -41,7 +42,8 @@ def test_lite0_ships_imagenet_weights_that_see_cats_and_dogs(real_data):
     preprocessing = Preprocessing(224, "center_crop")
     x = preprocessing.normalize(torch.stack([preprocessing.decode(p) for p in photos]))
     with torch.inference_mode():
-        _, imagenet = lite0(finetune="probe").forward_all(x)
+        _, imagenet, embedding = lite0(finetune="probe").forward_all(x)
+    assert embedding.shape == (2, 1280)
     cat, dog = imagenet.argmax(1).tolist()
     assert 281 <= cat <= 293 and 151 <= dog <= 268  # ImageNet's cats and dog breeds
 
@@ -74,7 +76,7 @@ def test_torchvision_backbones_load_a_local_weights_file(tmp_path, name, build):
     model = create_model(name, num_classes=3, weights=str(tmp_path / "w.pth"), finetune="probe").eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
-        _, imagenet = model.forward_all(x)
+        _, imagenet, _ = model.forward_all(x)
         torch.testing.assert_close(imagenet, reference.eval()(x), atol=1e-4, rtol=1e-4)
     assert model(x).shape == (2, 3) and "weights" not in model.model_config
     bad = {k: v for k, v in reference.state_dict().items() if "fc" not in k and "classifier" not in k}
@@ -130,6 +132,8 @@ def test_three_training_modes(tiny_real, tmp_path, mode, changed):
     assert after["model"]["finetune"] == mode and after["temperature"] > 0
     assert after["preprocessing"]["tta_sizes"] == (40,)  # predict --tta evaluates as training did
     assert after["neither"]["method"] == "imagenet"
+    if mode != "full":  # a model that caches features keeps them of every training photo, for the rule
+        assert after["neither"]["similar"] == IMAGENET_SIMILAR and after["neither_bank"].shape == (24, 1280)
 
 
 def test_predict_resume_and_init_work_for_backbones(tiny_real, tmp_path, monkeypatch, capsys):
@@ -191,3 +195,18 @@ def test_neither_answer_for_photos_of_other_things(real_data, capsys, tmp_path):
     assert [r["neither"] for r in results] == [True, True, False, False]
     assert [r["label"] for r in results[:2]] == ["neither", "neither"]
     assert results[0]["known_score"] < IMAGENET_THRESHOLD < results[2]["known_score"]
+
+
+def test_a_photo_like_a_training_photo_is_never_neither(real_data):
+    """The top-5 test alone flags cats and dogs ImageNet describes badly; a photo close to a
+    training photo (cosine similarity of pooled features >= "similar") is known whatever ImageNet says."""
+    model = lite0(finetune="probe")
+    preprocessing = Preprocessing(224, "center_crop")
+    camera, rocket = NEITHER / "camera.png", NEITHER / "rocket.jpg"
+    with torch.inference_mode():
+        bank = model.forward_all(preprocessing.normalize(preprocessing.decode(camera)[None]))[2]  # "trained on" it
+    rule = {"method": "imagenet", "threshold": IMAGENET_THRESHOLD, "similar": IMAGENET_SIMILAR}
+    classifier = Classifier(model, ["cat", "dog"], preprocessing, neither=rule, bank=bank)
+    results = {Path(r["path"]).name: r for r in classifier.predict_paths([str(camera), str(rocket)])}
+    assert not results["camera.png"]["neither"] and results["camera.png"]["known_score"] > 0
+    assert results["rocket.jpg"]["neither"]
