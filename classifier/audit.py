@@ -36,7 +36,8 @@ Finding kinds, and how each is decided:
                label, so a mislabelled training photo can hide: the pretrained default has no such bias).
   neither      the photo shows none of the classes. Classes cat and dog: the project's rule
                (neither.py): no ImageNet cat, dog, wolf or fox class among the ImageNet head's
-               IMAGENET_TOP guesses. Other classes: none of its IMAGENET_TOP guesses is a typical
+               IMAGENET_TOP guesses, and no other photo of the folder as similar as IMAGENET_SIMILAR
+               (cosine of pooled features: the folder plays the training photos). Other classes: none of its IMAGENET_TOP guesses is a typical
                guess for any class, one that is among the top guesses of at least TYPICAL_SHARE (and
                2) of that class's other photos: the folder itself says what its classes look like
                to ImageNet. "confidence" = the ImageNet probability of none of those classes.
@@ -74,7 +75,8 @@ from tqdm import tqdm
 from classifier.checkpoint import load_checkpoint, model_from_checkpoint
 from classifier.data import FOLDER_KINDS, excluded_paths, find_dataset, normalized_path, stratified_folds
 from classifier.images import IMAGE_EXTENSIONS, Preprocessing, decode_stream, open_image
-from classifier.neither import IMAGENET_CATS_AND_DOGS, IMAGENET_THRESHOLD, IMAGENET_TOP, imagenet_score, is_cats_and_dogs
+from classifier.neither import (IMAGENET_CATS_AND_DOGS, IMAGENET_SIMILAR, IMAGENET_THRESHOLD, IMAGENET_TOP,
+                                is_cats_and_dogs, known_scores)
 from classifier.errors import ClassifierError
 from classifier.models import create_model, model_entry
 from classifier.runtime import autocast, fuse_batch_norms, one_thread, resolve_precision, select_device
@@ -429,7 +431,8 @@ def neither_findings(scan: Scan, guesses: int = 3) -> list[dict]:
     if is_cats_and_dogs(scan.classes):
         known = torch.zeros_like(hits)
         known[:, IMAGENET_CATS_AND_DOGS] = True
-        neither = imagenet_score(scan.imagenet) < IMAGENET_THRESHOLD
+        rule = {"method": "imagenet", "threshold": IMAGENET_THRESHOLD, "similar": IMAGENET_SIMILAR}
+        neither = known_scores(rule, None, scan.imagenet, nearest_other(scan)) < IMAGENET_THRESHOLD
     else:
         known = typical_guesses(hits, labels, readable, len(scan.classes))
         neither = ~(hits & known).any(1)
@@ -440,6 +443,19 @@ def neither_findings(scan: Scan, guesses: int = 3) -> list[dict]:
                  "imagenet": [names[k] for k in top[i, :guesses].tolist()]}
                 for i in (neither & readable).nonzero().flatten().tolist()]
     return sorted(findings, key=lambda f: -f["confidence"])
+
+
+def nearest_other(scan: Scan, block: int = 512) -> torch.Tensor:
+    """Each photo's cosine similarity to the most similar other readable photo of the folder: the
+    neither rule's "like a training photo" test, with the folder as the training photos."""
+    features = nn.functional.normalize(scan.features, dim=1)
+    others = features[scan.readable]
+    nearest = torch.empty(len(features))
+    for start in range(0, len(features), block):
+        cosine = features[start:start + block] @ others.T
+        cosine[cosine > 0.9999] = -1  # the photo itself (and exact copies, reported as duplicates)
+        nearest[start:start + block] = cosine.amax(1)
+    return nearest
 
 
 def class_folder(paths: list[str]) -> str:
