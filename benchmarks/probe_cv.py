@@ -6,8 +6,7 @@ For each image size the frozen EfficientNet-Lite0 runs once over the training ph
 and its mirror image, center crops, as the recipe caches them; features.compute_features). Then
 for each variant (training views, test-time views, probe settings) the probe is trained on all
 folds but one by the library's own loop (fitting.fit: the recipe's optimizer, schedule and loss)
-and scored on the held-out fold. val/ is never read. The probe averages each feature map first,
-so the maps are averaged once here (same numbers, 81x less work). Writes its section of
+and scored on the held-out fold. val/ is never read. Writes its section of
 benchmarks/RESULTS.md.
 """
 
@@ -32,12 +31,12 @@ GRID = {"epochs": (10, 30), "lr": (3e-4, 1e-3, 3e-3), "weight_decay": (0.0, 0.05
 
 
 def pooled_features(network, paths: list[str], labels: list[int], size: int) -> Features:
-    """Each photo and its mirror image through the frozen network, maps averaged: [N, 2, C, 1, 1]."""
+    """Each photo and its mirror image through the frozen network (a probe's features come
+    averaged over each map: [N, 2, C, 1, 1])."""
     preprocessing = Preprocessing(size, "center_crop")
     decoded = decode_images(paths, labels, preprocessing, cache_dir=None, desc=f"decoding at {size} px")
-    features = compute_features(network, decoded, preprocessing, torch.device("cpu"), views=2, flip=True,
-                                precision="auto", desc=f"features at {size} px")
-    return Features(features.values.float().mean((-2, -1), keepdim=True), features.labels, features.paths)
+    return compute_features(network, decoded, preprocessing, torch.device("cpu"), views=2, flip=True,
+                            precision="auto", desc=f"features at {size} px")
 
 
 def subset(features: Features, index: torch.Tensor, views: int) -> Features:

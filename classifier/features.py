@@ -61,10 +61,13 @@ def compute_features(model: nn.Module, decoded: DecodedImages, preprocessing: Pr
     `views`) are random crops and flips drawn from `policy`, seeded by (seed, view).
     The frozen stages run in `precision` (bf16: 2-3x faster on CPUs with AVX512-BF16), with
     batch norms folded into the convolutions (runtime.fuse_batch_norms) and weights and inputs
-    in NHWC memory order, which runs depthwise convolutions faster on CPUs.
+    in NHWC memory order, which runs depthwise convolutions faster on CPUs. When every stage is
+    frozen (a linear probe, whose tail starts by averaging each map), the maps are averaged here
+    once: the same numbers, and epochs 81x cheaper at 272 px.
     """
     fmt = torch.channels_last
     frozen = fuse_batch_norms(model).to(memory_format=fmt)  # the frozen stages are in eval mode anyway
+    probe = model.frozen_stages == len(model.stages)
     images, chunks = decoded.images, []
     for start in progress(range(0, len(images), batch_size), desc, unit="batch"):
         batch = images[start:start + batch_size].to(device)
@@ -77,6 +80,8 @@ def compute_features(model: nn.Module, decoded: DecodedImages, preprocessing: Pr
         with autocast(device, precision):
             outputs = [frozen.frozen_features(preprocessing.normalize(x).contiguous(memory_format=fmt))
                        for x in inputs]
+        if probe:
+            outputs = [output.float().mean((-2, -1), keepdim=True) for output in outputs]
         chunks.append(torch.stack(outputs, 1).to("cpu", FEATURE_DTYPE).contiguous())
     values = torch.cat(chunks) if chunks else torch.empty(0)
     return Features(values, decoded.labels, decoded.paths)
