@@ -96,9 +96,9 @@ def test_offline_torchvision_download_is_a_clear_error(monkeypatch):
 
 def test_recommended_recipe_applies_only_to_unset_fields_of_pretrained_models():
     recipe = TrainConfig(model="efficientnet_lite0", pretrained=True).resolved()
-    assert (recipe.finetune, recipe.image_size, recipe.tta, recipe.views) == ("probe", 272, True, 2)
-    assert recipe.tta_sizes == (320,) and TrainConfig(model="efficientnet_lite0", pretrained=True,
-                                                      tta_sizes=()).resolved().tta_sizes == ()
+    assert (recipe.finetune, recipe.image_size, recipe.tta, recipe.views, recipe.epochs) == ("probe", 272, False, 1, 30)
+    assert recipe.tta_sizes == () and TrainConfig(model="efficientnet_lite0", pretrained=True, tta=True,
+                                                  tta_sizes=(320,)).resolved().tta_sizes == (320,)
     assert TrainConfig(model="efficientnet_lite0", pretrained=True, epochs=3).resolved().epochs == 3
     scratch = TrainConfig(model="efficientnet_lite0").resolved()
     assert (scratch.finetune, scratch.image_size, scratch.lr) == ("full", 80, recipes.SCRATCH["lr"])

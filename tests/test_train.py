@@ -201,8 +201,8 @@ def test_test_time_size_matches_how_large_things_look_in_the_training_crops():
     assert TrainConfig(model="mlp").resolved().tta_sizes == ()  # takes its image size only
     assert TrainConfig(tta_sizes=(96, 112)).resolved().tta_sizes == (96, 112)
     lite0 = dict(model="efficientnet_lite0", pretrained=True)
-    assert TrainConfig(**lite0).resolved().tta_sizes == (320,)  # its recipe's, at its 272 px
-    assert TrainConfig(**lite0, image_size=224).resolved().tta_sizes == ()  # a probe sees no crops
+    assert TrainConfig(**lite0).resolved().tta_sizes == ()  # a probe sees no crops
+    assert TrainConfig(**lite0, image_size=224).resolved().tta_sizes == ()
     assert TrainConfig(**lite0, image_size=128, finetune="full").resolved().tta_sizes == (161,)
 
 
