@@ -83,12 +83,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="../shared/data/catsdogs", help="train/ and val/ of cats and dogs (default: %(default)s)")
     parser.add_argument("--neither", default="../shared/data/neither", help="photos of neither class (default: %(default)s)")
+    parser.add_argument("--modes", type=int, default=len(MODES), help="how many of the modes to run, the recipe first (default: all)")
     args = parser.parse_args()
     data, rows, notes = Path(args.data).resolve(), [], []
     with tempfile.TemporaryDirectory() as tmp:
         split = Path(tmp) / "split"
         build_split(data, split)
-        for index, (name, flags) in enumerate(MODES.items()):
+        for index, (name, flags) in enumerate(list(MODES.items())[:args.modes]):
             for where, folder in (("val/", data), ("held out", split)):
                 out = Path(tmp) / f"{index}-{where[:4]}"
                 run = train_run(str(folder), out, [*RECIPE, *flags])
