@@ -13,7 +13,7 @@ from classifier.checkpoint import load_checkpoint
 from classifier.data import default_data_dir
 from classifier.images import default_cache_dir
 from classifier.models import list_models, model_entry
-from classifier.runtime import DEVICES, PRECISIONS
+from classifier.runtime import DEVICES, PRECISIONS, resolve_precision, select_device
 
 
 def option(default, help: str, **extra):
@@ -120,13 +120,15 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """Fill the settings left unset from the recipe (with --init, that of the checkpoint's
-        model, pretrained if it was), and the test-time sizes as --help says."""
+        model, pretrained if it was; from scratch, the larger one where the run computes in bf16
+        natively), and the test-time sizes as --help says."""
         name, pretrained = self.model, self.pretrained or bool(self.weights)
         if self.init:
             checkpoint = load_checkpoint(self.init)
             used = checkpoint.get("config", {})
             name, pretrained = checkpoint["model"]["name"], bool(used.get("pretrained") or used.get("weights"))
-        recipe = recipes.recipe(name, pretrained)
+        bf16 = resolve_precision(self.precision, select_device(self.device)) == "bf16"
+        recipe = recipes.recipe(name, pretrained, bf16)
         if self.epochs is not None:
             recipe = {**recipe, "min_steps": 0, "time_budget": 0}  # --epochs N: exactly N epochs
         unset = {f.name: recipe[f.name] for f in fields(self)

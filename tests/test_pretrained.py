@@ -100,9 +100,10 @@ def test_recommended_recipe_applies_only_to_unset_fields_of_pretrained_models():
     assert recipe.tta_sizes == () and TrainConfig(model="efficientnet_lite0", pretrained=True, tta=True,
                                                   tta_sizes=(320,)).resolved().tta_sizes == (320,)
     assert TrainConfig(model="efficientnet_lite0", pretrained=True, epochs=3).resolved().epochs == 3
-    scratch = TrainConfig(model="efficientnet_lite0").resolved()
+    scratch = TrainConfig(model="efficientnet_lite0", precision="fp32").resolved()
     assert (scratch.finetune, scratch.image_size, scratch.lr) == ("full", 80, recipes.SCRATCH["lr"])
     assert TrainConfig().resolved().optimizer == "sgd"
+    assert (recipe.size_from, recipe.time_budget) == (0, 0)  # not the from-scratch recipe's
 
 
 def test_full_fine_tuning_gives_pretrained_layers_a_lower_learning_rate():

@@ -67,7 +67,7 @@ def test_checkpoint_is_self_describing(tiny_real, tmp_path):
     best, last = load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")
     assert best["classes"] == ["cat", "dog"]
     assert best["model"] == {"name": "convnet", "num_classes": 2, "channels": [8, 16], "blocks": 1,
-                             "dropout": 0.2, "stem_stride": 1}
+                             "dropout": 0.2, "stem_stride": 2}
     assert best["preprocessing"]["image_size"] == 32 and best["config"]["epochs"] == 2
     assert "training_state" not in best and {"optimizer", "scheduler"} <= set(last["training_state"])
     assert last["epoch"] == 2 and last["metrics"] == metrics(out)[-1]
@@ -191,10 +191,20 @@ def test_training_with_mixed_images(tiny_real, tmp_path, mixing):
     assert load_checkpoint(out / "best.pt")["config"]["mixing"] == mixing
 
 
+def test_the_from_scratch_recipe_follows_the_precision_the_run_computes_in():
+    """bf16 computed natively affords 3-4x the compute in the same minutes (recipes.SCRATCH_BF16)."""
+    fp32, bf16 = TrainConfig(precision="fp32").resolved(), TrainConfig(precision="bf16").resolved()
+    assert (fp32.image_size, fp32.channels, fp32.size_from) == (80, (24, 48, 96, 192), 56)
+    assert (bf16.image_size, bf16.channels, bf16.size_from) == (112, (32, 64, 128, 256), 0)
+    assert fp32.time_budget == bf16.time_budget == 14 and bf16.epochs > fp32.epochs
+    assert TrainConfig(precision="bf16", image_size=64).resolved().channels == (32, 64, 128, 256)  # a flag wins alone
+
+
 def test_test_time_size_matches_how_large_things_look_in_the_training_crops():
     """Random crops keep min_scale..1 of the area, so things look ~1.26x larger in training
     than in a whole 80 px image: the from-scratch recipe also evaluates at 101 px."""
-    assert TrainConfig().resolved().tta_sizes == (101,)
+    assert TrainConfig(precision="fp32").resolved().tta_sizes == (101,)
+    assert TrainConfig(precision="bf16").resolved().tta_sizes == (141,)  # 112 px crops
     assert TrainConfig(image_size=64).resolved().tta_sizes == (80,)
     assert TrainConfig(min_scale=1.0).resolved().tta_sizes == ()
     assert TrainConfig(augment=False).resolved().tta_sizes == ()
@@ -237,7 +247,8 @@ def test_exclude_leaves_the_named_photos_out_and_the_checkpoint_records_it(tiny_
 def test_progressive_resizing_grows_the_crops_over_the_first_part_of_the_run():
     config = TrainConfig(epochs=10, image_size=80, size_from=56, size_ramp=0.5).resolved()
     assert [config.train_size(e) for e in range(10)] == [56, 56, 64, 72, 80, 80, 80, 80, 80, 80]
-    assert {TrainConfig(epochs=10).resolved().train_size(e) for e in range(10)} == {80}
+    assert {TrainConfig(epochs=10, size_from=0, precision="fp32").resolved().train_size(e) for e in range(10)} == {80}
+    assert TrainConfig(epochs=10, precision="fp32").resolved().train_size(0) == 56  # the recipe's
 
 
 def test_a_stride_2_stem_does_no_work_at_full_resolution():
