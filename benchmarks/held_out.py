@@ -44,12 +44,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="../shared/data/catsdogs",
                         help="dataset with train/ and val/ class folders (default: %(default)s)")
+    parser.add_argument("--scratch-args", default="", help="extra flags for the from-scratch recipe, e.g. "
+                        "'--time-budget 8.7' for the epochs a slower CPU plans (default: none)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         split = Path(tmp) / "split"
         counts = build_split(Path(args.data).resolve(), split)
         for index, (name, flags) in enumerate(RECIPES.items()):
+            flags = flags or args.scratch_args.split()
             run = train_run(str(split), Path(tmp) / str(index), flags)
             last, best = run["evaluated"][-1], max(run["evaluated"], key=lambda m: m["val_accuracy"])
             rows.append(f"| {name} | `{' '.join(flags) or '(none)'}` | {last['val_accuracy']:.2%} "
