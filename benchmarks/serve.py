@@ -24,9 +24,7 @@ from pathlib import Path
 
 import httpx2
 
-REPO = Path(__file__).resolve().parents[1]
-
-from benchmarks.common import write_section
+from benchmarks.common import REPO, class_tag, cpu_class, write_section
 
 WARMUP_REQUESTS = 8
 
@@ -114,7 +112,7 @@ on the same machine as the server.
 | clients | requests | photos/s | p50 ms | p99 ms | errors |
 |---|---|---|---|---|---|
 {rows}"""
-    write_section("serve", "serve: photos/s and latency under concurrent clients", body)
+    write_section(f"serve-{class_tag()}", f"serve: photos/s and latency under concurrent clients ({cpu_class()})", body)
 
 
 if __name__ == "__main__":

@@ -52,11 +52,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from classifier.checkpoint import load_checkpoint
-from classifier.cli import add_device_flags
+from classifier.cli import add_device_flags, run_command
 from classifier.errors import ClassifierError
 from classifier.gradcam import display_photo, explain_image, overlay_png
 from classifier.inference import Classifier
-from classifier.runtime import keep_freed_memory
 
 STATIC = Path(__file__).with_name("static")
 MAX_BATCH = 32  # photos per forward pass; more waiting photos go in the next one
@@ -384,7 +383,6 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(args: argparse.Namespace) -> int:
-    keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     classifier = Classifier.load(args.checkpoint, args.device, args.precision)
@@ -399,21 +397,22 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Exit status 0 after a clean stop (Ctrl-C, SIGTERM), 1 for a ClassifierError (one line)."""
-    args = parser().parse_args(argv)
+def serve_until_stopped(args: argparse.Namespace) -> int:
+    """serve() with SIGTERM and Ctrl-C turned into a clean stop (exit status 0)."""
     previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         return serve(args)
-    except ClassifierError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     except Stopped:
         print("stopped", file=sys.stderr)
         return 0
     finally:  # a caller in the same process (a test) gets its own handlers back
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0 after a clean stop (Ctrl-C, SIGTERM), 1 for a ClassifierError (one line)."""
+    return run_command(serve_until_stopped, parser().parse_args(argv))
 
 
 if __name__ == "__main__":
