@@ -32,6 +32,7 @@ from benchmarks.common import class_tag, cpu_class, rate, run_command, train_run
 from classifier import distributed, train
 from classifier.config import TrainConfig
 from classifier.data import Batches
+from classifier.runtime import resolve_precision
 
 
 def time_to(evaluated: list[dict], accuracy: float) -> str:
@@ -49,10 +50,10 @@ def throughput(data: str, seconds: float) -> dict:
     config, layout = run.config, torch.channels_last if run.config.channels_last else torch.contiguous_format
     plain = replace(run.trainer, prepare=lambda x, y, generator, epoch: (x.contiguous(memory_format=layout), y))
     results = {"setup_seconds": setup_seconds, "image_size": config.image_size, "batch_size": config.batch_size,
-               "precision": config.precision, "model": config.model}
+               "precision": resolve_precision(config.precision, torch.device("cpu")), "model": config.model}
     batches = Batches(*run.pipeline.train_inputs, config.batch_size, shuffle=True, drop_last=True,
                       generator=torch.Generator().manual_seed(0))
-    results["project"] = rate(run.trainer, batches, seconds)
+    results["project"] = rate(run.trainer, batches, seconds, epoch=config.epochs - 1)  # crops at full size
     noise = [(run.preprocessing.normalize(torch.rand(config.batch_size, 3, config.image_size, config.image_size)),
               torch.randint(0, 2, (config.batch_size,))) for _ in range(4)]
     results["compute"] = rate(plain, noise, seconds)
