@@ -5,7 +5,7 @@ start of a run, from `recipe(model, pretrained, bf16)`: the from-scratch recipe 
 the machine (bf16 computed natively or not), or, with --pretrained, the backbone's own recipe. A
 flag the user gives always wins; the checkpoint stores the settings actually used, so --resume and
 --init repeat them.
-Why each value: README ("From scratch: the default recipe", "Pretrained backbones") and the
+Why each value: README ("Train from scratch", "Pretrained backbones", "Results") and the
 benchmarks that chose them (benchmarks/RESULTS.md).
 """
 
