@@ -13,7 +13,6 @@ The numbers replace the "serve" section of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess

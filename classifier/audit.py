@@ -73,7 +73,7 @@ from torchvision.models import MobileNet_V3_Large_Weights
 from tqdm import tqdm
 
 from classifier.checkpoint import load_checkpoint, model_from_checkpoint
-from classifier.data import FOLDER_KINDS, excluded_paths, find_dataset, normalized_path, stratified_folds
+from classifier.data import FOLDER_KINDS, find_dataset, normalized_path, stratified_folds
 from classifier.images import IMAGE_EXTENSIONS, Preprocessing, decode_stream, open_image
 from classifier.neither import (IMAGENET_CATS_AND_DOGS, IMAGENET_SIMILAR, IMAGENET_THRESHOLD, IMAGENET_TOP,
                                 is_cats_and_dogs, known_scores)

@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import base64
 import datetime
-import io
 import os
 import signal
 import socket

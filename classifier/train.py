@@ -194,7 +194,7 @@ def finish(run: Run) -> None:
         if run.session.is_main:
             best = load_checkpoint(run.out / "best.pt")
             print(f"best.pt: epoch {best['epoch']}, val accuracy {best['metrics']['val_accuracy']:.2%}"
-                  + (f"; per class: " + ", ".join(f"{name} {value:.0%}" for name, value in
+                  + ("; per class: " + ", ".join(f"{name} {value:.0%}" for name, value in
                                                   best["metrics"]["val_per_class"].items())
                      if len(run.classes) > 2 else ""))
             val_sizes = [v.decoded() for v in run.val_sets]

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from classifier.audit import AuditSettings, audit, excluded_paths, main, normalized_path
+from classifier.audit import AuditSettings, audit, main, normalized_path
+from classifier.data import excluded_paths
 from classifier.checkpoint import save_checkpoint
 from classifier.images import Preprocessing
 from classifier.errors import ClassifierError

@@ -9,7 +9,6 @@ from classifier.predict import main as predict_main
 from classifier.errors import ClassifierError
 from classifier.inference import Classifier
 from classifier.predict import completed_paths
-from conftest import train_args
 
 
 @pytest.fixture

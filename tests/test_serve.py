@@ -5,7 +5,6 @@ import asyncio
 import base64
 import datetime
 import io
-import json
 import os
 import re
 import signal
