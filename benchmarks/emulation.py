@@ -12,27 +12,18 @@ figure measured under it can be projected to such a CPU. Writes its section of R
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from benchmarks.common import cpu_class, write_section
 from benchmarks.from_scratch import compute_rate, recipe_run
+from benchmarks.precision import inference_rate
 from classifier.models import create_model
 from classifier.runtime import keep_freed_memory
 
 # images/s on the Zen 3, issue 14, both with glibc told to keep freed memory (MALLOC_* variables there,
 # runtime.keep_freed_memory here): the training step went 69 -> 87, the forward pass 13.7 -> 35.5.
 ZEN3 = {"convnet training step": 87.0, "EfficientNet-Lite0 forward": 35.5}
-
-
-def images_per_second(step, batch: int, seconds: float) -> float:
-    step()  # warm-up
-    started, seen = time.perf_counter(), 0
-    while time.perf_counter() - started < seconds:
-        step()
-        seen += batch
-    return seen / (time.perf_counter() - started)
 
 
 def old_recipe_step(data: str, seconds: float) -> float:
@@ -44,10 +35,8 @@ def old_recipe_step(data: str, seconds: float) -> float:
 
 
 def lite0_forward(seconds: float) -> float:
-    model = create_model("efficientnet_lite0", 2, pretrained=True).eval()
-    x = torch.randn(32, 3, 272, 272)
-    with torch.inference_mode():
-        return images_per_second(lambda: model(x), 32, seconds)
+    model = create_model("efficientnet_lite0", 2, pretrained=True)
+    return inference_rate(model, torch.randn(32, 3, 272, 272), "fp32", seconds)
 
 
 def main() -> None:
