@@ -136,8 +136,11 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     them), with gradients carried back across ranks."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Statistics and normalization in fp32 whatever the input's dtype (under bf16 autocast the
+        convolution before hands over bf16, as nn.BatchNorm2d computes); the output in the input's dtype."""
         if not self.training:
             return super().forward(x)
+        dtype, x = x.dtype, x.float()
         dims, shape = [0, 2, 3], (1, -1, 1, 1)
         count = x.new_full((1,), x.numel() / x.shape[1])
         sums = _SumOverRanks.apply(torch.cat([x.sum(dims), count]))
@@ -153,4 +156,5 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 self.running_mean.lerp_(mean, factor)
                 self.running_var.lerp_(var * n / (n - 1), factor)
         out = centered * torch.rsqrt(var + self.eps).view(shape)
-        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+        out = out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+        return out.to(dtype)

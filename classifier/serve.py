@@ -84,8 +84,15 @@ def model_card(classifier: Classifier, path: str | Path, tta: bool) -> dict:
         "val_accuracy": metrics.get("val_accuracy"), "epoch": checkpoint.get("epoch"),
         "temperature": classifier.temperature, "neither": classifier.neither,
         "trained_at": _timestamp(checkpoint.get("saved_at") or path.stat().st_mtime),
-        "trained_on": config.get("data"), "explainable": isinstance(classifier.model, torch.nn.Module),
+        "trained_on": shown_folder(config.get("data")), "explainable": isinstance(classifier.model, torch.nn.Module),
     }
+
+
+def shown_folder(data: str | None) -> str | None:
+    """What a visitor sees of the training data: the folder's name, never a path of the server's disk."""
+    if not data:
+        return None
+    return data if data.startswith("torchvision:") else Path(data.rstrip("/\\")).name or None
 
 
 def _timestamp(value) -> str:
