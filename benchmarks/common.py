@@ -70,15 +70,15 @@ def run_command(args: list[str], environment: dict | None = None) -> tuple[float
 
 def train_run(data: str, out: Path, flags: list[str], environment: dict | None = None) -> dict:
     """`python train.py --data DATA --out OUT FLAGS` with a cold decode cache: wall seconds, the
-    evaluated epochs (with the wall time since process start at which each ended), best.pt."""
-    wall, _ = run_command(["train.py", "--data", data, "--out", str(out), "--cache-dir", str(out / "cache"), *flags],
-                          environment)
+    evaluated epochs (with the wall time since process start at which each ended), best.pt, what it printed."""
+    wall, stdout = run_command(["train.py", "--data", data, "--out", str(out), "--cache-dir", str(out / "cache"), *flags],
+                               environment)
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     startup = wall - log[-1]["elapsed"]  # interpreter start and imports, before train() began
     for entry in log:
         entry["wall"] = entry["elapsed"] + startup
     best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
-    return {"wall": wall, "log": log, "evaluated": [m for m in log if "val_accuracy" in m], "best": best}
+    return {"wall": wall, "log": log, "evaluated": [m for m in log if "val_accuracy" in m], "best": best, "stdout": stdout}
 
 
 def write_section(name: str, title: str, body: str, environment: dict | None = None) -> None:
