@@ -18,7 +18,7 @@ LAYERS = [
     {"errors", "recipes", "files", "registry", "progress", "runtime", "cli"},
     {"models", "backbones", "images", "augment", "calibration", "neither", "distributed", "downloads", "plots"},
     {"data", "tta", "features", "checkpoint", "config"},
-    {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget"},
+    {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget", "web"},
     {"train", "predict", "report", "explain", "export", "serve", "audit"},
 ]
 
