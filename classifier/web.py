@@ -16,7 +16,8 @@ Middleware, outermost first:
                    every request must carry it (cookie set by opening the printed address, or an
                    X-Token header)
   UploadLimit      a request body over the limit is refused with 413 before it is read whole
-Every error is JSON: {"error": one line}; a ClassifierError raised by a route is a 400.
+Every error is JSON: {"error": one line}; a ClassifierError raised by a route is a 400 (or its
+class's `status`: 404 for something missing, 409 for a conflict).
 State-changing routes depend on `changes_state`: same origin (the page) or the token (a program).
 """
 
@@ -191,17 +192,19 @@ def error_response(status: int, message: str) -> JSONResponse:
 
 
 def create_app(areas: list[Area], title: str, max_upload_mb: float = 20, token: str | None = None,
-               guard: bool = False, lifespan: Callable | None = None) -> FastAPI:
+               guard: bool = False, require_token: bool = False, lifespan: Callable | None = None) -> FastAPI:
     """The ASGI app: every area's router over the shared middleware, error handling and
-    static files. guard: add Guard (the Host check, and the token when there is one)."""
+    static files. token: what programs send to change things (changes_state); guard: add Guard,
+    which checks the Host header or, with require_token, the token on every request."""
     app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.token, app.state.areas = token, areas
     app.add_middleware(UploadLimit, limit=int(max_upload_mb * 2**20))
     if guard:
-        app.add_middleware(Guard, token=token)
+        app.add_middleware(Guard, token=token if require_token else None)
     app.add_middleware(SecurityHeaders)
     app.add_exception_handler(BodyTooLarge, lambda request, error: error_response(413, str(error)))
-    app.add_exception_handler(ClassifierError, lambda request, error: error_response(400, str(error)))
+    app.add_exception_handler(ClassifierError, lambda request, error: error_response(getattr(error, "status", 400),
+                                                                                      str(error)))
     app.add_exception_handler(HTTPException, lambda request, error: error_response(error.status_code, str(error.detail)))
     app.add_exception_handler(RequestValidationError, lambda request, error: error_response(
         422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())))

@@ -17,9 +17,10 @@ MAX_FUNCTION_LINES = 60
 LAYERS = [
     {"errors", "recipes", "files", "registry", "progress", "runtime", "cli"},
     {"models", "backbones", "images", "augment", "calibration", "neither", "distributed", "downloads", "plots"},
-    {"data", "tta", "features", "checkpoint", "config"},
-    {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget", "web"},
-    {"train", "predict", "report", "explain", "export", "serve", "audit"},
+    {"data", "tta", "features", "checkpoint", "config", "thumbnails"},
+    {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget", "web", "projects", "jobs"},
+    {"train", "predict", "report", "explain", "export", "serve", "audit", "workspace", "studio_photos",
+     "studio_runs", "studio"},
 ]
 
 
