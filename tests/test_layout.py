@@ -17,7 +17,7 @@ MAX_FUNCTION_LINES = 60
 LAYERS = [
     {"errors", "recipes", "files", "registry", "progress", "runtime", "cli"},
     {"models", "backbones", "images", "augment", "calibration", "neither", "distributed", "downloads", "plots"},
-    {"data", "tta", "features", "checkpoint", "config"},
+    {"data", "tta", "features", "checkpoint", "config", "plan"},
     {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget"},
     {"train", "predict", "report", "explain", "export", "serve", "audit"},
 ]
