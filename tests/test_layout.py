@@ -16,9 +16,9 @@ MAX_FUNCTION_LINES = 60
 # Lower layers never import higher ones (commands sit on top; within a layer anything acyclic goes).
 LAYERS = [
     {"errors", "recipes", "files", "registry", "progress", "runtime", "cli"},
-    {"models", "backbones", "images", "augment", "calibration", "neither", "distributed", "downloads", "plots"},
+    {"models", "backbones", "images", "augment", "calibration", "neither", "distributed", "downloads", "plots", "pages"},
     {"data", "tta", "features", "checkpoint", "config", "plan"},
-    {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget"},
+    {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget", "scan", "checks"},
     {"train", "predict", "report", "explain", "export", "serve", "audit"},
 ]
 
