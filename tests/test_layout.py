@@ -4,6 +4,7 @@ These are checks a reviewer would otherwise do by hand on every change (issue "O
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,12 @@ def test_functions_are_short(name):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, f"{name}.py: functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_the_readme_names_every_module_in_its_layer():
+    """README's "Where things are" has one row per layer of LAYERS, naming exactly that layer's modules."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme[readme.index("## Where things are"):].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "`" in line]
+    named = [set(re.findall(r"`(\w+)\.py`", row)) for row in rows]
+    assert [set(layer) for layer in reversed(LAYERS)] == named
