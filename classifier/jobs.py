@@ -10,8 +10,8 @@ A job's folder (the run's folder, or the project's audit/) holds, besides what t
              state: running -> finished | stopped (last.pt saved; resume continues) | failed
   job.log    the process's output (its progress lines, every CLASSIFIER_PROGRESS_SECONDS)
 
-The page follows a job with `Follower`: the run's events (events.jsonl: see EVENTS.md; until a
-run writes it, its metrics.jsonl lines and the progress lines of job.log), read incrementally.
+The page follows a job with `Follower`: the run's events (events.jsonl, see runs.py) and the
+progress lines of job.log, read incrementally.
 When the server stops, it stops a running job the same way (SIGTERM: last.pt is saved), so the
 next server finds it stopped and resumable; a job left running by a server that was killed is
 found by its pid and followed until it ends.
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import classifier
 from classifier.errors import ClassifierError
+from classifier.runs import EVENTS_FILE
 
 JOB_FILE, LOG_FILE = "job.json", "job.log"
 PROGRESS_SECONDS = 0.5  # the job's progress lines, and so the page's updates, come this often
@@ -142,6 +143,8 @@ class Jobs:
         elif (job.stop_requested or "stopped by" in last_line(log, "error: stopped")) and \
                 (job.kind != "train" or (folder / "last.pt").is_file()):
             job.state, job.message = "stopped", "stopped; Resume continues where it stopped"
+        elif job.stop_requested:
+            job.state, job.message = "failed", "stopped before anything was saved: nothing to resume; start it again"
         else:
             job.state = "failed"
             job.message = last_line(log, "error:").removeprefix("error: ") or \
@@ -193,11 +196,13 @@ def job_of(folder: Path) -> dict | None:
 
 
 class Follower:
-    """The events of a run not yet read (events.jsonl; or, until the run writes it, its
-    metrics.jsonl lines as "epoch" events and job.log's last progress line as a "progress" event)."""
+    """The events of a run not yet read: the lines train.py appends to events.jsonl (EVENTS.md: start,
+    plan, step, epoch, end, stopped, error), and, for the phases before and between epochs that
+    send no events (decoding, the frozen network's pass, cross-validation), job.log's latest
+    progress line as a "progress" event."""
 
     def __init__(self, folder: Path):
-        self.folder, self.offsets, self.progress = Path(folder), {}, None
+        self.folder, self.offsets = Path(folder), {}
 
     def read_new(self, name: str) -> list[str]:
         """Whole lines appended to folder/name since the last call."""
@@ -213,28 +218,19 @@ class Follower:
         return complete.decode(errors="replace").splitlines()
 
     def events(self) -> list[dict]:
-        if (self.folder / "events.jsonl").is_file():
-            return [json.loads(line) for line in self.read_new("events.jsonl") if line.strip()]
-        found = [{"event": "epoch", **json.loads(line)} for line in self.read_new("metrics.jsonl") if line.strip()]
-        lines = [match for line in self.read_new(LOG_FILE) if (match := PROGRESS_LINE.match(line))]
-        if lines:
-            found.append(progress_event(lines[-1]))
-        return found
+        found = [json.loads(line) for line in self.read_new(EVENTS_FILE) if line.strip()]
+        phases = [match for line in self.read_new(LOG_FILE)
+                  if (match := PROGRESS_LINE.match(line)) and not match["phase"].startswith("epoch ")]
+        return found + [progress_event(phases[-1])] if phases else found
 
 
 def progress_event(match: re.Match) -> dict:
-    """A progress line ("epoch 3/10: 4/12 (33%) batch, 2 s, 1.9 batch/s, loss 0.41 acc 0.812") as an event."""
+    """A progress line ("features of train views: 4/12 (33%) batch, 2 s, 1.9 batch/s") as an event."""
     done, total = int(match["done"]), int(match["total"]) if match["total"] else None
     rate = float(match["rate"]) if match["rate"] else 0.0
-    event = {"event": "progress", "phase": match["phase"], "done": done, "total": total, "unit": match["unit"],
-             "elapsed": int(match["elapsed"]), "eta": round((total - done) / rate, 1) if total and rate else None,
-             "time": time.time()}
-    epoch = re.match(r"epoch (\d+)/(\d+)", match["phase"])
-    if epoch:
-        event.update(epoch=int(epoch[1]), epochs=int(epoch[2]))
-    for key, value in re.findall(r"(\w+) ([-\d.e]+)", match["postfix"] or ""):
-        event[{"acc": "accuracy"}.get(key, key)] = float(value)
-    return event
+    return {"event": "progress", "phase": match["phase"], "done": done, "total": total, "unit": match["unit"],
+            "elapsed": int(match["elapsed"]), "eta": round((total - done) / rate, 1) if total and rate else None,
+            "time": time.time()}
 
 
 def python_module(module: str, *args: str) -> list[str]:

@@ -217,6 +217,8 @@ class Project:
     def photo_path(self, relative: str, photo_set: str = "photos") -> Path:
         """The file of photo CLASS/FILE (checked as the module's docstring says)."""
         parts = str(relative).split("/")
+        if str(relative).startswith(("/", "\\")) or re.match(r"[A-Za-z]:", str(relative)):
+            raise ClassifierError(f"photo {relative!r} refused: an absolute path; name it CLASS/FILE")
         if len(parts) < 2:
             raise ClassifierError(f"photo {relative!r} refused: name it CLASS/FILE")
         folder = self.set_folder(photo_set)

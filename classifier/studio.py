@@ -18,20 +18,21 @@ It is one web app (web.py) with a router per area; serve's predict API is one of
   evaluate  confusion matrix (cells open their photos), per-class scores, reliability, test folder
   try       serve's /info and /predict over a run's best.pt (serve.py), with Grad-CAM
   export    ONNX, TorchScript, the checkpoint and a model card
-Each is an `area(workspace) -> web.Area`: an APIRouter, and for a tab on the project page a
-template fragment templates/tabs/NAME.html and a script static/NAME.js. Adding one:
+Each is a web.Area: an APIRouter, and for a tab on the project page a template fragment
+templates/tabs/NAME.html and a script static/NAME.js. A route gets the workspace and the project
+its path names as parameters (`workspace: Current`, `project: Opened`; workspace.py). Adding one:
 
-    def learn_area(workspace: Workspace) -> Area:              # in its own module
-        router = APIRouter(prefix="/api/projects/{project_id}/learn")
+    learn = APIRouter(prefix="/api/projects/{project_id}/learn")     # in its own module
 
-        @router.get("/step")
-        def step(project_id: str): ...                          # a library function's numbers
+    @learn.get("/step")
+    def step(project: Opened, ...): ...                               # a library function's numbers
 
-        return Area("learn", router, tab="Learn", scripts=["learn.js"])
+    LEARN = Area("learn", learn, tab="Learn", scripts=["learn.js"])
 
-    # templates/tabs/learn.html: <section data-tab="learn">...</section>
-    # static/learn.js:          Studio.tab("learn", {show(project) {...}});   (static/common.js)
-    # and here:                 AREAS = [..., learn_area]
+    # templates/tabs/learn.html: <section class="tab" data-tab="learn" hidden>...</section>
+    # static/learn.js:          Studio.tab("learn", {show(project) {...}, hide() {...}});  (common.js;
+    #                           the page's scripts share one global scope: prefix top-level names)
+    # and here:                 AREAS = [..., LEARN]
 
 Security: it listens on 127.0.0.1 unless --host says otherwise; then every request needs the
 token it prints (web.Guard). Requests that change something need the page's own origin or the
@@ -53,12 +54,12 @@ from starlette.concurrency import run_in_threadpool
 
 from classifier import web
 from classifier.cli import run_command
-from classifier.studio_photos import audit_area, photos_area, projects_area
-from classifier.studio_runs import evaluate_area, export_area, recipes_area, runs_area, try_area
+from classifier.studio_photos import AUDIT, PHOTOS, PROJECTS
+from classifier.studio_runs import EVALUATE, EXPORT, RECIPES_AREA, RUNS, TRY
 from classifier.web import Area, page
 from classifier.workspace import Workspace
 
-AREAS = [projects_area, photos_area, audit_area, recipes_area, runs_area, evaluate_area, try_area, export_area]
+AREAS = [PROJECTS, PHOTOS, AUDIT, RECIPES_AREA, RUNS, EVALUATE, TRY, EXPORT]
 SCRIPTS = ["common.js", "cards.js", "studio.js"]  # before the areas' scripts
 
 
@@ -83,8 +84,6 @@ def create_app(workspace: Workspace, max_upload_mb: float = 64, token: str | Non
                require_token: bool = False, areas=AREAS) -> FastAPI:
     """The studio's ASGI app over `workspace`. token: what programs send to change things (and,
     with require_token, what every request needs)."""
-    built = [area(workspace) for area in areas]
-
     @asynccontextmanager
     async def lifespan(app):
         await run_in_threadpool(workspace.adopt_jobs)
@@ -92,8 +91,10 @@ def create_app(workspace: Workspace, max_upload_mb: float = 64, token: str | Non
         await workspace.services.stop()
         await run_in_threadpool(workspace.jobs.shutdown)
 
-    return web.create_app([page_area(built), *built], "studio", max_upload_mb, token, guard=True,
-                          require_token=require_token, lifespan=lifespan)
+    app = web.create_app([page_area(areas), *areas], "studio", max_upload_mb, token, guard=True,
+                         require_token=require_token, lifespan=lifespan)
+    app.state.workspace = workspace
+    return app
 
 
 def parser() -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ from classifier.errors import ClassifierError
 from classifier.jobs import Busy, Job, job_of, python_module
 from classifier.projects import Project
 from classifier.web import Area, changes_state
-from classifier.workspace import Workspace
+from classifier.workspace import Current, Opened, Workspace
 
 UPLOAD_FILES = 200  # files in one upload request at most (the page sends fewer at a time)
 PHOTO_SET = Query("photos", alias="set", description="photos (to train on) or test")
@@ -64,142 +64,149 @@ def project_state(workspace: Workspace, project: Project) -> dict:
             "job": None if running is None else {"kind": running.kind, "project": running.project, "name": running.name}}
 
 
-def projects_area(workspace: Workspace) -> Area:
-    router = APIRouter(prefix="/api", dependencies=[Depends(changes_state)])
-
-    @router.get("/projects")
-    def list_projects():
-        return [project.summary() for project in workspace.projects()]
-
-    @router.post("/projects")
-    async def create(request: Request):
-        project = Project.create(workspace.root, text(await body(request), "name"))
-        return project_state(workspace, project)
-
-    @router.get("/projects/{project_id}")
-    def show(project_id: str):
-        return project_state(workspace, workspace.project(project_id))
-
-    @router.patch("/projects/{project_id}")
-    async def rename(project_id: str, request: Request):
-        project = workspace.project(project_id)
-        project.rename(text(await body(request), "name"))
-        return project_state(workspace, project)
-
-    @router.delete("/projects/{project_id}")
-    def delete(project_id: str, confirm: str = ""):
-        project = workspace.project(project_id)
-        if confirm != project.id:
-            raise ClassifierError(f"deleting project {project.id!r} removes its photos, runs and exports from "
-                                  f"disk: confirm with ?confirm={project.id}")
-        running = workspace.jobs.running()
-        if running and running.project == project.id:
-            raise Busy(f"a {running.kind} job of this project is running: stop it first")
-        project.delete()
-        return {"deleted": project.id}
-
-    @router.get("/sources")
-    def sources():
-        return workspace.sources()
-
-    @router.get("/sources/{number}")
-    def source(number: int, path: str = ""):
-        folder = workspace.source_folder(number, path)
-        return {"path": path, "folders": sorted(e.name for e in folder.iterdir() if e.is_dir() and not e.name.startswith("."))}
-
-    return Area("projects", router)
+projects = APIRouter(prefix="/api", dependencies=[Depends(changes_state)])
 
 
-def photos_area(workspace: Workspace) -> Area:
-    router = APIRouter(prefix="/api/projects/{project_id}", dependencies=[Depends(changes_state)])
-
-    @router.post("/import")
-    async def import_folder(project_id: str, request: Request):
-        values = await body(request)
-        project = workspace.project(project_id)
-        number = values.get("source", 0)
-        if not isinstance(number, int):
-            raise ClassifierError("'source' must be the number of an import folder")
-        folder = workspace.source_folder(number, text(values, "path", ""))
-        return await run_in_threadpool(project.import_folder, folder, text(values, "set", "photos"))
-
-    @router.post("/classes")
-    async def add_class(project_id: str, request: Request):
-        values = await body(request)
-        project = workspace.project(project_id)
-        return {"name": project.add_class(text(values, "name"), text(values, "set", "photos"))}
-
-    @router.post("/photos")
-    async def upload(project_id: str, request: Request, name: str = CLASS, photo_set: str = PHOTO_SET):
-        project = workspace.project(project_id)
-        async with request.form(max_files=UPLOAD_FILES) as form:
-            uploads = [u for u in form.getlist("file") if not isinstance(u, str)]
-            if not uploads:
-                raise ClassifierError("no photo: send multipart form fields named 'file'")
-            files = [(u.filename or "", await u.read()) for u in uploads]
-        results = await asyncio.gather(*(run_in_threadpool(project.add_photo, name, file_name, data, photo_set)
-                                          for file_name, data in files))
-        return {"added": [r for r in results if isinstance(r, str)],
-                "skipped": [{"name": r.name, "reason": r.reason} for r in results if not isinstance(r, str)]}
-
-    @router.get("/photos")
-    def photos(project_id: str, name: str = CLASS, offset: int = 0, limit: int = 100, photo_set: str = PHOTO_SET):
-        return workspace.project(project_id).photos(name, offset, limit, photo_set)
-
-    @router.delete("/photos")
-    def delete_photo(project_id: str, path: str, photo_set: str = PHOTO_SET):
-        workspace.project(project_id).delete_photo(path, photo_set)
-        return {"deleted": path}
-
-    @router.get("/thumbnail")
-    def thumbnail(project_id: str, path: str, photo_set: str = PHOTO_SET):
-        return FileResponse(workspace.project(project_id).thumbnail(path, photo_set), media_type="image/jpeg",
-                            headers={"cache-control": "private, max-age=3600"})
-
-    @router.post("/exclude")
-    async def exclude(project_id: str, request: Request):
-        values = await body(request)
-        paths = values.get("paths")
-        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise ClassifierError("'paths' must be a list of photo paths (CLASS/FILE)")
-        excluded = workspace.project(project_id).set_excluded(paths, bool(values.get("excluded", True)))
-        return {"excluded": excluded}
-
-    @router.post("/move")
-    async def move(project_id: str, request: Request):
-        values = await body(request)
-        return workspace.project(project_id).move(text(values, "path"), text(values, "to"), text(values, "reason", ""))
-
-    @router.get("/moves")
-    def moves(project_id: str):
-        return workspace.project(project_id).moves()
-
-    @router.post("/moves/{move_id}/undo")
-    def undo(project_id: str, move_id: int):
-        return workspace.project(project_id).undo_move(move_id)
-
-    return Area("photos", router, tab="Photos", scripts=["photos.js"])
+@projects.get("/projects")
+def list_projects(workspace: Current):
+    return [project.summary() for project in workspace.projects()]
 
 
-def audit_area(workspace: Workspace) -> Area:
-    router = APIRouter(prefix="/api/projects/{project_id}/audit", dependencies=[Depends(changes_state)])
+@projects.post("/projects")
+async def create(workspace: Current, request: Request):
+    project = Project.create(workspace.root, text(await body(request), "name"))
+    return project_state(workspace, project)
 
-    @router.post("")
-    def start(project_id: str):
-        project = workspace.project(project_id)
-        if not any(c["photos"] for c in project.classes()):
-            raise ClassifierError("no photos to check yet: add a folder of class folders first")
-        folder = project.folder / "audit"
-        command = python_module("classifier.audit", str(project.set_folder()), "--out", str(folder))
-        job = workspace.jobs.start(Job("audit", project.id, "audit", str(folder), command))
-        return job_of(Path(job.folder))
 
-    @router.get("")
-    def findings(project_id: str):
-        project = workspace.project(project_id)
-        return {"job": job_of(project.folder / "audit"), "findings": project_findings(project)}
+@projects.get("/projects/{project_id}")
+def show(workspace: Current, project: Opened):
+    return project_state(workspace, project)
 
-    return Area("audit", router, tab="Check", scripts=["audit.js"])
+
+@projects.patch("/projects/{project_id}")
+async def rename(workspace: Current, project: Opened, request: Request):
+    project.rename(text(await body(request), "name"))
+    return project_state(workspace, project)
+
+
+@projects.delete("/projects/{project_id}")
+def delete(workspace: Current, project: Opened, confirm: str = ""):
+    if confirm != project.id:
+        raise ClassifierError(f"deleting project {project.id!r} removes its photos, runs and exports from "
+                              f"disk: confirm with ?confirm={project.id}")
+    running = workspace.jobs.running()
+    if running and running.project == project.id:
+        raise Busy(f"a {running.kind} job of this project is running: stop it first")
+    project.delete()
+    return {"deleted": project.id}
+
+
+@projects.get("/sources")
+def sources(workspace: Current):
+    return workspace.sources()
+
+
+@projects.get("/sources/{number}")
+def source(workspace: Current, number: int, path: str = ""):
+    folder = workspace.source_folder(number, path)
+    return {"path": path, "folders": sorted(e.name for e in folder.iterdir() if e.is_dir() and not e.name.startswith("."))}
+
+
+photos = APIRouter(prefix="/api/projects/{project_id}", dependencies=[Depends(changes_state)])
+
+
+@photos.post("/import")
+async def import_folder(workspace: Current, project: Opened, request: Request):
+    values = await body(request)
+    number = values.get("source", 0)
+    if not isinstance(number, int):
+        raise ClassifierError("'source' must be the number of an import folder")
+    folder = workspace.source_folder(number, text(values, "path", ""))
+    return await run_in_threadpool(project.import_folder, folder, text(values, "set", "photos"))
+
+
+@photos.post("/classes")
+async def add_class(project: Opened, request: Request):
+    values = await body(request)
+    return {"name": project.add_class(text(values, "name"), text(values, "set", "photos"))}
+
+
+@photos.post("/photos")
+async def upload(project: Opened, request: Request, name: str = CLASS, photo_set: str = PHOTO_SET):
+    async with request.form(max_files=UPLOAD_FILES) as form:
+        uploads = [u for u in form.getlist("file") if not isinstance(u, str)]
+        if not uploads:
+            raise ClassifierError("no photo: send multipart form fields named 'file'")
+        files = [(u.filename or "", await u.read()) for u in uploads]
+    results = await asyncio.gather(*(run_in_threadpool(project.add_photo, name, file_name, data, photo_set)
+                                      for file_name, data in files))
+    return {"added": [r for r in results if isinstance(r, str)],
+            "skipped": [{"name": r.name, "reason": r.reason} for r in results if not isinstance(r, str)]}
+
+
+@photos.get("/photos")
+def page_of_photos(project: Opened, name: str = CLASS, offset: int = 0, limit: int = 100, photo_set: str = PHOTO_SET):
+    return project.photos(name, offset, limit, photo_set)
+
+
+@photos.delete("/photos")
+def delete_photo(project: Opened, path: str, photo_set: str = PHOTO_SET):
+    project.delete_photo(path, photo_set)
+    return {"deleted": path}
+
+
+@photos.get("/thumbnail")
+def thumbnail(project: Opened, path: str, photo_set: str = PHOTO_SET):
+    return FileResponse(project.thumbnail(path, photo_set), media_type="image/jpeg",
+                        headers={"cache-control": "private, max-age=3600"})
+
+
+@photos.post("/exclude")
+async def exclude(project: Opened, request: Request):
+    values = await body(request)
+    paths = values.get("paths")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise ClassifierError("'paths' must be a list of photo paths (CLASS/FILE)")
+    return {"excluded": project.set_excluded(paths, bool(values.get("excluded", True)))}
+
+
+@photos.post("/move")
+async def move(project: Opened, request: Request):
+    values = await body(request)
+    return project.move(text(values, "path"), text(values, "to"), text(values, "reason", ""))
+
+
+@photos.get("/moves")
+def moves(project: Opened):
+    return project.moves()
+
+
+@photos.post("/moves/{move_id}/undo")
+def undo(project: Opened, move_id: int):
+    return project.undo_move(move_id)
+
+
+audit = APIRouter(prefix="/api/projects/{project_id}/audit", dependencies=[Depends(changes_state)])
+
+
+@audit.post("")
+def start_audit(workspace: Current, project: Opened):
+    if not any(c["photos"] for c in project.classes()):
+        raise ClassifierError("no photos to check yet: add a folder of class folders first")
+    folder = project.folder / "audit"
+    command = python_module("classifier.audit", str(project.set_folder()), "--out", str(folder))
+    job = workspace.jobs.start(Job("audit", project.id, "audit", str(folder), command))
+    return job_of(Path(job.folder))
+
+
+@audit.get("")
+def findings(project: Opened):
+    return {"job": job_of(project.folder / "audit"), "findings": project_findings(project)}
+
+
+PROJECTS = Area("projects", projects)
+PHOTOS = Area("photos", photos, tab="Photos", scripts=["photos.js"])
+AUDIT = Area("audit", audit, tab="Check", scripts=["audit.js"])
 
 
 def project_findings(project: Project) -> list[dict]:

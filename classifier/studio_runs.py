@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from classifier.runs import Predictions, read_metrics, read_predictions
 from classifier.serve import Service, predict_router
 from classifier.studio_photos import body, text
 from classifier.web import Area, changes_state
-from classifier.workspace import Workspace
+from classifier.workspace import Current, Opened, current
 
 PUSH_SECONDS = 0.5  # the page hears from a running job at least this often
 EXPORTS = {"onnx": "model.onnx", "torchscript": "model.ts"}
@@ -143,80 +144,75 @@ def run_summary(project: Project, name: str) -> dict:
                               if p.name in (*EXPORTS.values(), CARD_FILE))}
 
 
-def recipes_area(workspace: Workspace) -> Area:
-    router = APIRouter(prefix="/api")
-
-    @router.get("/recipes")
-    def recipes():
-        return {name: {**asdict(recipe), "settings": [{**asdict(s), "kind": list(s.kind) if isinstance(s.kind, tuple)
-                                                                      else getattr(s.kind, "__name__", s.kind)}
-                                                        for s in recipe.settings]}
-                for name, recipe in RECIPES.items()}
-
-    @router.get("/job")
-    def job():
-        running = workspace.jobs.running()
-        return None if running is None else {"kind": running.kind, "project": running.project, "name": running.name}
-
-    return Area("recipes", router)
+recipes = APIRouter(prefix="/api")
 
 
-def runs_area(workspace: Workspace) -> Area:
-    router = APIRouter(prefix="/api/projects/{project_id}/runs", dependencies=[Depends(changes_state)])
+@recipes.get("/recipes")
+def list_recipes():
+    return {name: {**asdict(recipe), "settings": [{**asdict(s), "kind": list(s.kind) if isinstance(s.kind, tuple)
+                                                  else getattr(s.kind, "__name__", s.kind)} for s in recipe.settings]}
+            for name, recipe in RECIPES.items()}
 
-    @router.get("")
-    def runs(project_id: str):
-        project = workspace.project(project_id)
-        return [run_summary(project, name) for name in reversed(project.run_names())]
 
-    @router.post("")
-    async def train(project_id: str, request: Request):
-        values, project = await body(request), workspace.project(project_id)
-        recipe = RECIPES.get(values.get("recipe", "pretrained"))
-        if recipe is None:
-            raise ClassifierError(f"unknown recipe {values.get('recipe')!r}: choose one of {', '.join(RECIPES)}")
-        name = safe_name(text(values, "name"), "run name") if values.get("name") else project.new_run_name()
-        folder = project.run_folder(name, exists=False)
-        if folder.exists():
-            raise ClassifierError(f"a run named {name!r} exists already: choose another name")
-        folder.mkdir(parents=True)
-        try:
-            command = train_command(project, folder, recipe, values.get("settings") or {})
-            workspace.jobs.start(Job("train", project.id, name, str(folder), command))
-        except ClassifierError:
-            for leftover in folder.iterdir():
-                leftover.unlink()
-            folder.rmdir()  # the run never started: no empty run left behind
-            raise
-        return run_summary(project, name)
+@recipes.get("/job")
+def running_job(workspace: Current):
+    running = workspace.jobs.running()
+    return None if running is None else {"kind": running.kind, "project": running.project, "name": running.name}
 
-    @router.post("/{run}/stop")
-    def stop(project_id: str, run: str):
-        folder = workspace.project(project_id).run_folder(run)
-        running = workspace.jobs.running()
-        if running is None or Path(running.folder) != folder:
-            raise Busy(f"run {run!r} is not running")
-        workspace.jobs.stop()
-        return job_of(folder)
 
-    @router.post("/{run}/resume")
-    def resume(project_id: str, run: str):
-        project = workspace.project(project_id)
-        folder = project.run_folder(run)
-        state = (job_of(folder) or {}).get("state")
-        if not (folder / "last.pt").is_file() or state in ("running", "finished"):
-            raise ClassifierError(f"run {run!r} has nothing to resume ({state or 'no last.pt'})")
-        command = python_module("classifier.train", "--resume", str(folder / "last.pt"))
-        workspace.jobs.start(Job("train", project.id, run, str(folder), command))
-        return run_summary(project, run)
+runs = APIRouter(prefix="/api/projects/{project_id}/runs", dependencies=[Depends(changes_state)])
 
-    @router.get("/{run}/events")
-    async def events(project_id: str, run: str, request: Request):
-        folder = workspace.project(project_id).run_folder(run)
-        return StreamingResponse(follow(folder, request), media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
-    return Area("runs", router, tab="Train", scripts=["chart.js", "train.js"])
+@runs.get("")
+def list_runs(project: Opened):
+    return [run_summary(project, name) for name in reversed(project.run_names())]
+
+
+@runs.post("")
+async def train(workspace: Current, project: Opened, request: Request):
+    values = await body(request)
+    recipe = RECIPES.get(values.get("recipe", "pretrained"))
+    if recipe is None:
+        raise ClassifierError(f"unknown recipe {values.get('recipe')!r}: choose one of {', '.join(RECIPES)}")
+    name = safe_name(text(values, "name"), "run name") if values.get("name") else project.new_run_name()
+    folder = project.run_folder(name, exists=False)
+    if folder.exists():
+        raise ClassifierError(f"a run named {name!r} exists already: choose another name")
+    folder.mkdir(parents=True)
+    try:
+        command = train_command(project, folder, recipe, values.get("settings") or {})
+        workspace.jobs.start(Job("train", project.id, name, str(folder), command))
+    except ClassifierError:
+        shutil.rmtree(folder)  # the run never started: no empty run left behind
+        raise
+    return run_summary(project, name)
+
+
+@runs.post("/{run}/stop")
+def stop(workspace: Current, project: Opened, run: str):
+    folder = project.run_folder(run)
+    running = workspace.jobs.running()
+    if running is None or Path(running.folder) != folder:
+        raise Busy(f"run {run!r} is not running")
+    workspace.jobs.stop()
+    return job_of(folder)
+
+
+@runs.post("/{run}/resume")
+def resume(workspace: Current, project: Opened, run: str):
+    folder = project.run_folder(run)
+    state = (job_of(folder) or {}).get("state")
+    if not (folder / "last.pt").is_file() or state in ("running", "finished"):
+        raise ClassifierError(f"run {run!r} has nothing to resume ({state or 'no last.pt'})")
+    command = python_module("classifier.train", "--resume", str(folder / "last.pt"))
+    workspace.jobs.start(Job("train", project.id, run, str(folder), command))
+    return run_summary(project, run)
+
+
+@runs.get("/{run}/events")
+async def events(project: Opened, run: str, request: Request):
+    return StreamingResponse(follow(project.run_folder(run), request), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
 async def follow(folder: Path, request: Request):
@@ -297,35 +293,28 @@ def test_evaluation(project: Project, name: str, service: Service) -> dict:
     return result
 
 
-def evaluate_area(workspace: Workspace) -> Area:
-    router = APIRouter(prefix="/api/projects/{project_id}/runs/{run}", dependencies=[Depends(changes_state)])
-
-    @router.get("/evaluation")
-    def show(project_id: str, run: str):
-        project = workspace.project(project_id)
-        running = workspace.jobs.running()
-        if running and Path(running.folder) == project.run_folder(run):
-            raise Busy(f"run {run!r} is still training: evaluate it when it has finished or stopped")
-        return evaluation(project, run)
-
-    @router.post("/test")
-    async def test(project_id: str, run: str):
-        project = workspace.project(project_id)
-        service = await workspace.services.get(project.run_folder(run) / "best.pt")
-        return await run_in_threadpool(test_evaluation, project, run, service)
-
-    return Area("evaluate", router, tab="Evaluate", scripts=["evaluate.js"])
+evaluate = APIRouter(prefix="/api/projects/{project_id}/runs/{run}", dependencies=[Depends(changes_state)])
 
 
-def try_area(workspace: Workspace) -> Area:
-    """serve's /info and /predict over each run's best.pt, loaded on first use (serve.Services)."""
+@evaluate.get("/evaluation")
+def show_evaluation(workspace: Current, project: Opened, run: str):
+    running = workspace.jobs.running()
+    if running and Path(running.folder) == project.run_folder(run):
+        raise Busy(f"run {run!r} is still training: evaluate it when it has finished or stopped")
+    return evaluation(project, run)
 
-    async def service_of(request: Request) -> Service:
-        project = workspace.project(request.path_params["project_id"])
-        return await workspace.services.get(project.run_folder(request.path_params["run"]) / "best.pt")
 
-    return Area("try", predict_router(service_of, "/api/projects/{project_id}/runs/{run}"), tab="Try it",
-                scripts=["try.js"])
+@evaluate.post("/test")
+async def test(workspace: Current, project: Opened, run: str):
+    service = await workspace.services.get(project.run_folder(run) / "best.pt")
+    return await run_in_threadpool(test_evaluation, project, run, service)
+
+
+async def service_of(request: Request) -> Service:
+    """serve's Service over the best.pt of the run the route names, loaded on first use (serve.Services)."""
+    workspace = current(request)
+    project = workspace.project(request.path_params["project_id"])
+    return await workspace.services.get(project.run_folder(request.path_params["run"]) / "best.pt")
 
 
 # --------------------------------------------------------------------------- export
@@ -355,30 +344,34 @@ def model_card(project: Project, name: str, card: dict, formats: list[str]) -> s
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
-def export_area(workspace: Workspace) -> Area:
-    router = APIRouter(prefix="/api/projects/{project_id}/runs/{run}", dependencies=[Depends(changes_state)])
+exports = APIRouter(prefix="/api/projects/{project_id}/runs/{run}", dependencies=[Depends(changes_state)])
 
-    @router.post("/export")
-    async def make(project_id: str, run: str, request: Request):
-        values, project = await body(request), workspace.project(project_id)
-        format = text(values, "format", "onnx")
-        if format not in EXPORTS:
-            raise ClassifierError(f"unknown format {format!r}: choose one of {', '.join(EXPORTS)}")
-        checkpoint = project.run_folder(run) / "best.pt"
-        service = await workspace.services.get(checkpoint)
-        folder = project.folder / "exports" / run
-        await run_in_threadpool(export, checkpoint, folder / EXPORTS[format], format)
-        made = [f for f in EXPORTS.values() if (folder / f).is_file()]
-        (folder / CARD_FILE).write_text(model_card(project, run, service.card, made))
-        return run_summary(project, run)
 
-    @router.get("/download/{file}")
-    def download(project_id: str, run: str, file: str):
-        project = workspace.project(project_id)
-        folder = project.run_folder(run) if file == "best.pt" else project.folder / "exports" / run
-        if file not in ("best.pt", CARD_FILE, *EXPORTS.values()) or not (folder / file).is_file():
-            raise Missing(f"no {file!r} for run {run!r}" + ("" if file == "best.pt" else ": export it first"))
-        return FileResponse(folder / file, filename=f"{project.id}-{run}-{file}",
-                            media_type="text/markdown" if file.endswith(".md") else "application/octet-stream")
+@exports.post("/export")
+async def make_export(workspace: Current, project: Opened, run: str, request: Request):
+    format = text(await body(request), "format", "onnx")
+    if format not in EXPORTS:
+        raise ClassifierError(f"unknown format {format!r}: choose one of {', '.join(EXPORTS)}")
+    checkpoint = project.run_folder(run) / "best.pt"
+    service = await workspace.services.get(checkpoint)
+    folder = project.folder / "exports" / run
+    await run_in_threadpool(export, checkpoint, folder / EXPORTS[format], format)
+    made = [f for f in EXPORTS.values() if (folder / f).is_file()]
+    (folder / CARD_FILE).write_text(model_card(project, run, service.card, made))
+    return run_summary(project, run)
 
-    return Area("export", router, tab="Export", scripts=["export.js"])
+
+@exports.get("/download/{file}")
+def download(project: Opened, run: str, file: str):
+    folder = project.run_folder(run) if file == "best.pt" else project.folder / "exports" / run
+    if file not in ("best.pt", CARD_FILE, *EXPORTS.values()) or not (folder / file).is_file():
+        raise Missing(f"no {file!r} for run {run!r}" + ("" if file == "best.pt" else ": export it first"))
+    return FileResponse(folder / file, filename=f"{project.id}-{run}-{file}",
+                        media_type="text/markdown" if file.endswith(".md") else "application/octet-stream")
+
+
+RECIPES_AREA = Area("recipes", recipes)
+RUNS = Area("runs", runs, tab="Train", scripts=["chart.js", "train.js"])
+EVALUATE = Area("evaluate", evaluate, tab="Evaluate", scripts=["evaluate.js"])
+TRY = Area("try", predict_router(service_of, "/api/projects/{project_id}/runs/{run}"), tab="Try it", scripts=["try.js"])
+EXPORT = Area("export", exports, tab="Export", scripts=["export.js"])

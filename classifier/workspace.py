@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
 
 from classifier.errors import ClassifierError
 from classifier.jobs import Job, Jobs
@@ -65,3 +68,19 @@ class Workspace:
                 job = Job.read(folder)
                 if job:
                     self.jobs.adopt(job)
+
+
+def current(request: Request) -> Workspace:
+    """The app's workspace (studio.create_app puts it in app.state), for a route's parameters."""
+    return request.app.state.workspace
+
+
+Current = Annotated[Workspace, Depends(current)]  # a route parameter `workspace: Current` gets it
+
+
+def opened(project_id: str, workspace: Current) -> Project:
+    """The project a route's {project_id} names (404 when there is none)."""
+    return workspace.project(project_id)
+
+
+Opened = Annotated[Project, Depends(opened)]  # a route parameter `project: Opened` gets it

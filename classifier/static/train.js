@@ -100,6 +100,7 @@ function onEvent(event) {
   else if (event.event === "start" || event.event === "plan") Object.assign(shown.plan, event);
   else if (event.event === "end") $("live-message").textContent = `finished: best val accuracy ${percent(event.best_accuracy)} (epoch ${event.best_epoch})`;
   else if (event.event === "error") $("live-message").textContent = event.message;
+  else if (event.event === "stopped") $("live-message").textContent = `stopped in epoch ${event.epoch}: Resume continues from there`;
   if (["epoch", "step"].includes(event.event)) draw();
   if (shown.progress && shown.progress.epochs) shown.plan.epochs = shown.progress.epochs;
 }
