@@ -222,6 +222,7 @@ function closeCamera(video) {
 }
 
 function frameBlob(video, size) {
+  if (!video.videoWidth) throw new Error("the camera gives no picture yet");
   const scale = size ? size / Math.max(video.videoWidth, video.videoHeight) : 1;
   const canvas = el("canvas");
   canvas.width = Math.round(video.videoWidth * scale);

@@ -156,7 +156,9 @@ function setUpPhotos() {
   $("webcam-open").addEventListener("click", async () => {
     try {
       $("webcam").hidden = false;
+      $("webcam-shoot").disabled = true;
       await openCamera($("webcam-video"));
+      $("webcam-shoot").disabled = false;
     } catch (error) {
       $("webcam").hidden = true;
       notice("no camera: " + error.message);
