@@ -45,11 +45,17 @@ def start_studio(root: Path) -> tuple[subprocess.Popen, str]:
 
 @pytest.fixture
 def pets(real_data, tmp_path) -> Path:
-    """The user's folder: pets/cat/ and pets/dog/, 20 real photos each."""
+    """The user's folder: pets/cat/ and pets/dog/, 20 real photos each, as such folders are: among
+    the cats, a photo of a dog and a second copy of one cat."""
     for kind in ("cat", "dog"):
         (tmp_path / "pets" / kind).mkdir(parents=True)
         for photo in sorted((real_data / "train" / kind).iterdir(), key=lambda p: int(p.name.split(".")[1]))[:PHOTOS_A_CLASS]:
             shutil.copy(photo, tmp_path / "pets" / kind / photo.name)
+    cats = tmp_path / "pets" / "cat"
+    (cats / "cat.19.jpg").unlink()
+    (cats / "cat.20.jpg").rename(cats / "cat.1 (copy).jpg")
+    shutil.copy(cats / "cat.1.jpg", cats / "cat.1 (copy).jpg")
+    shutil.copy(real_data / "train" / "dog" / "dog.21.jpg", cats / "dog.21.jpg")
     return tmp_path / "pets"
 
 
@@ -96,8 +102,19 @@ def photos_in_and_checked(page, pets: Path, shots: Path) -> None:
     page.click("#tabs a[data-tab=audit]")
     page.click("#audit-run")
     expect(page.locator("#audit-status")).to_have_attribute("data-state", "finished", timeout=120_000)
-    expect(page.locator("#findings .kind").first).to_be_visible()
+    dog = page.locator(".finding[data-kind=label][data-path='cat/dog.21.jpg']")
+    expect(dog).to_contain_text("filed as cat, looks like dog")
+    copy = page.locator(".finding[data-kind=duplicate]")
+    expect(copy).to_contain_text("the same file as")
+    copy.locator("button[data-action=exclude]").click()
+    expect(page.locator(".finding.excluded[data-kind=duplicate]")).to_be_visible()
     screenshot(page, "check", shots)
+    dog.locator("button[data-action=move]").click()  # one click: into the class it looks like
+    expect(page.locator("#moves li").first).to_contain_text("cat/dog.21.jpg → dog/dog.21.jpg")
+    page.locator("#moves li").first.locator("button").click()  # undo
+    expect(page.locator("#moves li").first).to_contain_text("undone")
+    dog.locator("button[data-action=move]").click()
+    expect(page.locator("#moves li").first.locator("button")).to_have_text("Undo")
 
 
 def trained_live_across_a_reload(page, shots: Path) -> None:
@@ -161,7 +178,7 @@ def webcam_photos(page, count: int = 3) -> None:
     for taken in range(1, count + 1):
         page.click("#webcam-shoot")
         expect(page.locator("#webcam-count")).to_have_text(f"{taken} photo(s) taken", timeout=20_000)
-    expect(page.locator(".class[data-class=cat] h3")).to_contain_text(f"{PHOTOS_A_CLASS + count} photo(s)")
+    expect(page.locator(".class[data-class=cat] h3")).to_contain_text(f"{PHOTOS_A_CLASS - 1 + count} photo(s)")
     page.click("#webcam-close")
 
 
@@ -185,10 +202,11 @@ def test_a_new_user_goes_from_two_folders_to_an_exported_model_and_finds_it_afte
         with sync_playwright() as playwright:
             browser, page = open_browser(playwright, problems)
             page.goto(url)
-            expect(page.locator(".project-card[data-project=pets]")).to_contain_text("cat (23), dog (20)")
+            expect(page.locator(".project-card[data-project=pets]")).to_contain_text("cat (22), dog (21)")
             screenshot(page, "projects", shots)
             page.click(".project-card[data-project=pets] a")
-            expect(page.locator(".class[data-class=cat] .tile")).to_have_count(PHOTOS_A_CLASS + 3)
+            expect(page.locator(".class[data-class=cat] .tile")).to_have_count(PHOTOS_A_CLASS - 1 + 3)
+            expect(page.locator(".class[data-class=cat] .tile.excluded")).to_have_count(1)  # the copy, still left out
             page.click("#tabs a[data-tab=runs]")
             expect(page.locator("#run-list li[data-run=run-1]")).to_have_attribute("data-state", "finished")
             page.click("#tabs a[data-tab=export]")

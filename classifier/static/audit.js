@@ -95,6 +95,7 @@ async function showAudit() {
   showFindings(audit.findings);
   await showMoves();
   if (running) auditTimer = setTimeout(() => showAudit().catch((error) => notice(error.message)), AUDIT_POLL_MS);
+  else pollJob(); // the header's job indicator: the check has ended
 }
 
 Studio.tab("audit", {
