@@ -95,6 +95,7 @@ class Pipeline:
     setup_flops: float = 0.0  # work done before the first step (the frozen pass over every photo)
     bank: torch.Tensor | None = None  # the training photos' ImageNet features, for the neither rule
     small_steps: bool = False  # a step is a few tiny operations (a linear probe): run on one thread
+    features: tuple | None = None  # the cached features (train, [val at each size]): cross-validation reuses them
 
 
 def image_pipeline(config: TrainConfig, trainee: nn.Module, preprocessing: Preprocessing, crops: Augmentation | None,
@@ -125,7 +126,7 @@ def feature_pipeline(config: TrainConfig, model: nn.Module, preprocessing: Prepr
     val_features = [compute_features(model, v.decoded(), preprocessing, device, flip=config.tta,
                                      precision=config.precision, desc="features of val") for v in val]
     pipeline = pipeline_on_features(model, features, val_features, preprocessing.tta_below)
-    pipeline.bank = imagenet_bank(model, features, device)
+    pipeline.bank, pipeline.features = imagenet_bank(model, features, device), (features, val_features)
     pipeline.setup_flops = sum(frozen_flops(model, split.images.shape[-1], device) * f.values.shape[0] * f.values.shape[1]
                                for f, split in zip([features, *val_features], [train, *val]))
     return pipeline
@@ -142,8 +143,10 @@ def imagenet_bank(model: nn.Module, features: Features, device: torch.device, ba
 
 
 def count_flops(function: Callable, *args) -> float:
-    """Floating-point operations of one call (torch.utils.flop_counter), without gradients."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    """Floating-point operations of one call (torch.utils.flop_counter), without gradients; the
+    total only (depth 0: no per-module tally, which made counting a pretrained network's pass
+    take 10x its time)."""
+    with torch.no_grad(), FlopCounterMode(display=False, depth=0) as counter:
         function(*args)
     return float(counter.get_total_flops())
 

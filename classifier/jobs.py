@@ -19,9 +19,11 @@ found by its pid and followed until it ends.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
+import runpy
 import signal
 import subprocess
 import sys
@@ -60,6 +62,7 @@ class Job:
     ended: float | None = None
     message: str = ""
     stop_requested: bool = False
+    pid_started: int = 0  # the process's start time (clock ticks after boot): a pid reused since is not it
 
     def save(self) -> None:
         path = Path(self.folder) / JOB_FILE
@@ -75,17 +78,26 @@ class Job:
             return None
 
 
-def alive(job: Job) -> bool:
-    """Whether job.pid is still this job's process (not a pid reused since)."""
+def process_start(pid: int) -> int:
+    """When process `pid` started, in clock ticks after boot (/proc/PID/stat); 0 if unknown, or if
+    it has ended (a zombie: ended, not yet reaped by its parent)."""
     try:
-        command = Path(f"/proc/{job.pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        try:
-            os.kill(job.pid, 0)  # no /proc (macOS): the pid exists
-            return True
-        except OSError:
-            return False
-    return job.folder.encode() in b" ".join(command) or any(job.folder.encode() in part for part in command)
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return 0 if fields[0] == "Z" else int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def alive(job: Job) -> bool:
+    """Whether job.pid is still this job's process, not one that reused the number since."""
+    try:
+        os.kill(job.pid, 0)
+    except OSError:  # no such process, or someone else's: not ours
+        return False
+    if not Path("/proc").is_dir():
+        return True  # macOS: the pid exists
+    started = process_start(job.pid)
+    return started != 0 and (not job.pid_started or started == job.pid_started)
 
 
 def last_line(log: Path, *starts: str) -> str:
@@ -97,13 +109,81 @@ def last_line(log: Path, *starts: str) -> str:
     return next((line for line in reversed(lines) if line.startswith(starts)), "")
 
 
-class Jobs:
-    """The server's one job at a time: start, stop, and what became of it (job.json)."""
+def ended_well(job: Job) -> bool:
+    """Whether a job whose exit status is unknown got to its end: a run's last event is "end";
+    an audit wrote its findings after it started."""
+    folder = Path(job.folder)
+    if job.kind == "train":
+        try:
+            return json.loads(last_line(folder / EVENTS_FILE, "{") or "{}").get("event") == "end"
+        except ValueError:  # a line cut short
+            return False
+    findings = folder / "findings.jsonl"
+    return findings.is_file() and findings.stat().st_mtime >= job.started
 
-    def __init__(self):
+
+def job_environment() -> dict:
+    """A job's environment: progress lines twice a second, unbuffered output, this server's code."""
+    return {**os.environ, "CLASSIFIER_PROGRESS_SECONDS": str(PROGRESS_SECONDS), "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(classifier.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH")]))}
+
+
+class Warm:
+    """A process that has already imported a command's module (`python -m classifier.jobs MODULE`)
+    and waits for one run's arguments: a job started in it skips the interpreter's start and the
+    imports (torch, torchvision: seconds). It then runs exactly `python -m MODULE ARGS`."""
+
+    def __init__(self, module: str):
+        self.module = module
+        self.process = subprocess.Popen(python_module("classifier.jobs", module), stdin=subprocess.PIPE,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=job_environment(),
+                                        start_new_session=True)
+
+    def run(self, job: Job) -> subprocess.Popen | None:
+        """Hand it the job; None if it cannot take it (it died, or the command is another module's)."""
+        module, args = job.command[2], job.command[3:]
+        if job.command[:2] != [sys.executable, "-m"] or module != self.module or self.process.poll() is not None:
+            return None
+        order = {"args": args, "cwd": job.folder, "log": str(Path(job.folder) / LOG_FILE)}
+        try:
+            self.process.stdin.write((json.dumps(order) + "\n").encode())
+            self.process.stdin.close()
+        except OSError:
+            return None
+        return self.process
+
+    def close(self) -> None:
+        """An unused worker ends when its input does."""
+        if self.process.stdin and not self.process.stdin.closed:
+            self.process.stdin.close()
+
+
+def run_one(module: str) -> None:
+    """`python -m classifier.jobs MODULE`: import MODULE, wait for one order on stdin (a JSON line:
+    args, cwd, log), then run `python -m MODULE ARGS` in this process, output into the log."""
+    importlib.import_module(module)
+    line = sys.stdin.readline()
+    if not line:
+        return  # the server went away without a job for it
+    order = json.loads(line)
+    os.chdir(order["cwd"])
+    log = os.open(order["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    sys.argv = [module, *order["args"]]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+class Jobs:
+    """The server's one job at a time: start, stop, and what became of it (job.json). With
+    `warm` modules, a process that imported each waits for the next job (Warm)."""
+
+    def __init__(self, warm: tuple[str, ...] = ()):
         self.current: Job | None = None
         self.process: subprocess.Popen | None = None
         self.lock = threading.Lock()
+        self.warm = {module: Warm(module) for module in warm}
 
     def running(self) -> Job | None:
         with self.lock:
@@ -119,13 +199,13 @@ class Jobs:
                 raise Busy(f"a job is already running ({other.kind} {other.name!r} of project {other.project!r}); "
                            f"one at a time: stop it or wait for it to finish")
             Path(job.folder).mkdir(parents=True, exist_ok=True)
-            env = {**os.environ, "CLASSIFIER_PROGRESS_SECONDS": str(PROGRESS_SECONDS), "PYTHONUNBUFFERED": "1",
-                   "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(classifier.__file__).parents[1]),
-                                                                os.environ.get("PYTHONPATH")]))}
-            with open(Path(job.folder) / LOG_FILE, "ab") as log:
-                self.process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                cwd=job.folder, start_new_session=True)
-            job.pid, self.current = self.process.pid, job
+            warm = self.warm.get(job.command[2])
+            self.process = warm.run(job) if warm else None
+            if self.process is None:
+                with open(Path(job.folder) / LOG_FILE, "ab") as log:
+                    self.process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT,
+                                                    env=job_environment(), cwd=job.folder, start_new_session=True)
+            job.pid, job.pid_started, self.current = self.process.pid, process_start(self.process.pid), job
             job.save()
             threading.Thread(target=self.wait, args=(job, self.process), daemon=True).start()
             return job
@@ -134,10 +214,16 @@ class Jobs:
         status = process.wait()
         with self.lock:
             self.finish(job, status)
+            for module, warm in self.warm.items():
+                if warm.process is process or warm.process.poll() is not None:  # used, or died: the next one
+                    self.warm[module] = Warm(module)
 
     def finish(self, job: Job, status: int | None) -> None:
-        """Record how the job ended: finished (status 0), stopped (asked to, and last.pt saved), failed."""
+        """Record how the job ended: finished (status 0), stopped (asked to, or ended unseen, with
+        last.pt saved: resumable), failed. status None: not known (a process another server started)."""
         log, folder = Path(job.folder) / LOG_FILE, Path(job.folder)
+        if status is None and ended_well(job):
+            status = 0
         if status == 0:
             job.state, job.message = "finished", ""
         elif (job.stop_requested or "stopped by" in last_line(log, "error: stopped")) and \
@@ -145,6 +231,8 @@ class Jobs:
             job.state, job.message = "stopped", "stopped; Resume continues where it stopped"
         elif job.stop_requested:
             job.state, job.message = "failed", "stopped before anything was saved: nothing to resume; start it again"
+        elif status is None and (folder / "last.pt").is_file():  # its process ended unseen (the server was killed)
+            job.state, job.message = "stopped", "interrupted; Resume continues from the last saved epoch"
         else:
             job.state = "failed"
             job.message = last_line(log, "error:").removeprefix("error: ") or \
@@ -179,11 +267,16 @@ class Jobs:
                 self.finish(job, None)
 
     def shutdown(self) -> None:
-        """The server is stopping: a running job is stopped (and saves), not left behind."""
+        """The server is stopping: a running job is stopped (and saves), not left behind; idle warm
+        processes end."""
         if self.running():
             self.stop(wait=STOP_SECONDS)
             if self.process and self.process.poll() is None:
                 self.process.kill()
+        with self.lock:
+            for warm in self.warm.values():
+                warm.close()
+            self.warm = {}
 
 
 def job_of(folder: Path) -> dict | None:
@@ -236,3 +329,7 @@ def progress_event(match: re.Match) -> dict:
 def python_module(module: str, *args: str) -> list[str]:
     """The command that runs `python -m module args` with this server's Python."""
     return [sys.executable, "-m", module, *args]
+
+
+if __name__ == "__main__":
+    run_one(sys.argv[1])

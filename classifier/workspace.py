@@ -26,11 +26,13 @@ MODELS_LOADED = 2  # models kept loaded for "try it" (the most recently used one
 class Workspace:
     root: Path
     import_from: list[Path] = field(default_factory=list)
-    jobs: Jobs = field(default_factory=Jobs)
+    warm: bool = False  # keep a process that has imported train.py waiting for the next training (jobs.Warm)
+    jobs: Jobs = field(init=False)
     # the page's answers are the exported model's: fp32, one view (export.py's graph), same numbers
     services: Services = field(default_factory=lambda: Services(MODELS_LOADED, "cpu", "fp32", tta=False))
 
     def __post_init__(self):
+        self.jobs = Jobs(("classifier.train",) if self.warm else ())
         self.root = Path(self.root).resolve()
         self.import_from = [Path(p).resolve() for p in self.import_from]
         for folder in self.import_from:

@@ -5,6 +5,8 @@ from elsewhere). Training, the audit and export are the real ones, in their own 
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from classifier.inference import Classifier
+from classifier.jobs import Job
 from classifier.studio import create_app, parser
 from classifier.workspace import Workspace
 from image_zoo import ZOO, decodes, make_zoo
@@ -25,9 +28,9 @@ ORIGIN = "http://127.0.0.1"
 TOKEN = "a-test-token"
 
 
-def client_for(root: Path, sources=(), **options) -> TestClient:
+def client_for(root: Path, sources=(), warm=False, **options) -> TestClient:
     """The studio's app over `root`, as the page talks to it (same origin)."""
-    app = create_app(Workspace(root, list(sources)), token=TOKEN, **options)
+    app = create_app(Workspace(root, list(sources), warm), token=TOKEN, **options)
     return TestClient(app, base_url=ORIGIN, headers={"origin": ORIGIN})
 
 
@@ -235,7 +238,7 @@ def test_the_page_runs_only_its_own_scripts_and_loads_nothing_from_outside(tmp_p
 
 def test_every_flag_is_documented_with_its_default():
     text = parser().format_help()
-    for flag in ("--root", "--host", "--port", "--import-from", "--max-upload-mb", "--access-log"):
+    for flag in ("--root", "--host", "--port", "--import-from", "--max-upload-mb", "--warm", "--access-log"):
         assert flag in text
     defaults = parser().parse_args([])
     assert (defaults.root, defaults.host, defaults.port, defaults.import_from) == ("studio", "127.0.0.1", 8000, [])
@@ -356,7 +359,7 @@ def check_exports_answer_as_the_page(http, project, run, root, photos):
 
 def test_the_whole_path_audit_train_stop_resume_evaluate_try_export_then_a_restart(tmp_path, source):
     root = tmp_path / "studio"
-    with client_for(root, [source.parent]) as http:
+    with client_for(root, [source.parent], warm=True) as http:  # training starts in the waiting process
         project = http.post("/api/projects", json={"name": "pets"}).json()["id"]
         http.post(f"/api/projects/{project}/import", json={"source": 0, "path": "pets"})
         assert http.post(f"/api/projects/{project}/import", json={"source": 0, "path": "test", "set": "test"}).json()["added"] == 12
@@ -379,3 +382,30 @@ def test_the_whole_path_audit_train_stop_resume_evaluate_try_export_then_a_resta
         assert (restarted.get(f"/api/projects/{project}").json(), restarted.get(f"/api/projects/{project}/runs").json()) == before
         assert restarted.get(f"/api/projects/{project}/runs/{run}/evaluation").json() == evaluation
         assert restarted.get("/api/job").json() is None
+
+
+def test_a_job_left_running_by_a_killed_server_is_followed_by_the_next_one(tmp_path):
+    """job.json says running: the next server follows that process if it still runs (and can
+    stop it), and records a job whose process has gone as over (resumable when last.pt exists)."""
+    root = tmp_path / "studio"
+    with client_for(root) as http:
+        project = http.post("/api/projects", json={"name": "p"}).json()["id"]
+    runs = root / project / "runs"
+    alive_folder, gone_folder = runs / "run-1", runs / "run-2"
+    alive_folder.mkdir(parents=True), gone_folder.mkdir()
+    (gone_folder / "last.pt").write_bytes(b"saved")
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(alive_folder)],
+                              start_new_session=True)
+    try:
+        Job("train", project, "run-1", str(alive_folder), ["python"], pid=orphan.pid).save()
+        Job("train", project, "run-2", str(gone_folder), ["python"], pid=2**22 + 7).save()
+        with client_for(root) as http:
+            assert http.get("/api/job").json() == {"kind": "train", "project": project, "name": "run-1"}
+            states = {r["name"]: r["job"]["state"] for r in http.get(f"/api/projects/{project}/runs").json()}
+            assert states == {"run-1": "running", "run-2": "stopped"}
+            assert http.post(f"/api/projects/{project}/runs", json={"recipe": "mlp"}).status_code == 409
+            assert http.post(f"/api/projects/{project}/runs/run-1/stop").status_code == 200
+            wait_for(lambda: no_job(http), 10)
+            assert orphan.wait(5) == -15  # SIGTERM
+    finally:
+        orphan.kill()

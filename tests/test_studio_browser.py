@@ -22,7 +22,7 @@ from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 from conftest import REPO
-from test_serve import stop_server
+from test_serve import HOSTILE, stop_server
 from test_serve_browser import FLAGS, chromium
 
 CAMERA = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
@@ -56,6 +56,7 @@ def pets(real_data, tmp_path) -> Path:
     (cats / "cat.20.jpg").rename(cats / "cat.1 (copy).jpg")
     shutil.copy(cats / "cat.1.jpg", cats / "cat.1 (copy).jpg")
     shutil.copy(real_data / "train" / "dog" / "dog.21.jpg", cats / "dog.21.jpg")
+    (cats / "cat.18.jpg").rename(cats / HOSTILE)  # a file name that is also HTML
     return tmp_path / "pets"
 
 
@@ -98,6 +99,8 @@ def photos_in_and_checked(page, pets: Path, shots: Path) -> None:
         expect(page.locator(f".class[data-class={kind}] .tile")).to_have_count(PHOTOS_A_CLASS, timeout=60_000)
     expect(page.locator("#photos-status")).to_have_text(f"added {2 * PHOTOS_A_CLASS} photo(s)")
     expect(page.locator("#project-title")).to_have_text("pets")
+    expect(page.locator(f".tile[data-path='cat/{HOSTILE}'] figcaption")).to_have_text(HOSTILE)
+    assert page.locator("img[src='x']").count() == 0  # the name was shown as text, never parsed as HTML
     screenshot(page, "photos", shots)
     page.click("#tabs a[data-tab=audit]")
     page.click("#audit-run")
