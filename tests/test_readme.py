@@ -288,6 +288,11 @@ def readme(real_data, tmp_path_factory):
 # --------------------------------------------------------------------------- running a step
 
 
+def fail(step, problem: str):
+    """Fail with the README line, the command and the problem (not the test code's traceback)."""
+    pytest.fail(f"{step}\n  {problem}", pytrace=False)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -315,7 +320,7 @@ def read_files(tokens: list[str]) -> list[str]:
 def check_inputs(step: Step, paths: list[str], work: Path) -> None:
     for path in paths:
         if not (work / path).exists():
-            pytest.fail(f"{step}\n  reads {path}, which no earlier README command wrote and the test does not "
+            fail(step, f"reads {path}, which no earlier README command wrote and the test does not "
                         f"prepare: add it to PHOTOS, FOLDERS or WEIGHTS in {TABLE} (or fix the README)")
 
 
@@ -323,13 +328,14 @@ def check_known(step: Step, tokens: list[str], readme: "Readme") -> None:
     """Fail, saying what to add to the table, for a placeholder, an installer or a missing input."""
     unknown = [match for token in tokens for match in PLACEHOLDER.findall(token)]
     if unknown:
-        pytest.fail(f"{step}\n  has placeholder(s) {unknown} the README test does not know: add them to "
+        fail(step, f"has placeholder(s) {unknown} the README test does not know: add them to "
                     f"PLACEHOLDERS in {TABLE} (or write the command as a user would type it)")
     program = next((t for t in tokens if "=" not in t), "")
     if program in INSTALLERS or tokens[1:3] == ["-m", "pip"]:
-        pytest.fail(f"{step}\n  installs software into the test's venv: add it to SKIPPED in {TABLE} with the reason")
+        fail(step, f"installs software into the test's venv: add it to SKIPPED in {TABLE} with the reason")
     if any(re.search(LOCAL_URL.format(r"\d+"), t) for t in tokens) and not servers_of(step, readme):
-        pytest.fail(f"{step}\n  talks to a server, but none was started earlier in its block (see SERVERS in {TABLE})")
+        fail(step, f"talks to a server, but none was started earlier in its block (or it failed, or was "
+                   f"deselected; a new server: add it to SERVERS in {TABLE})")
     check_inputs(step, read_files(tokens), readme.work)
 
 
@@ -357,10 +363,18 @@ def as_run(step: Step, text: str, readme: Readme) -> str:
     return text
 
 
+def excerpt(output: str, size: int = 3000) -> str:
+    """The first traceback (the root cause: torchrun's own report comes after its workers') and the end."""
+    first = output.find(TRACEBACK)
+    if first < 0 or len(output) - first <= 2 * size:
+        return output[-2 * size:]
+    return f"{output[first:first + size]}\n[...]\n{output[-size:]}"
+
+
 def check_output(step: Step, command: str, returncode: int, output: str) -> None:
     if returncode != 0 or TRACEBACK in output:
         problem = f"exit status {returncode}" if returncode != 0 else "a traceback"
-        pytest.fail(f"{step}\n  ran as: {command}\n  {problem}; its output ends:\n{output[-4000:]}")
+        fail(step, f"ran as: {command}\n  {problem}; its output:\n{excerpt(output)}")
 
 
 def run_shell(step: Step, readme: Readme) -> None:
@@ -373,7 +387,7 @@ def run_shell(step: Step, readme: Readme) -> None:
         done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=readme.work, env=readme.env,
                               capture_output=True, text=True, timeout=COMMAND_SECONDS)
     except subprocess.TimeoutExpired as timeout:
-        pytest.fail(f"{step}\n  ran as: {command}\n  still running after {COMMAND_SECONDS} s: if it is a server, "
+        fail(step, f"ran as: {command}\n  still running after {COMMAND_SECONDS} s: if it is a server, "
                     f"add it to SERVERS in {TABLE}; else make it fast on the tiny data\n{timeout.stderr or ''}")
     check_output(step, command, done.returncode, done.stdout + done.stderr)
 
@@ -393,7 +407,7 @@ def start_server(step: Step, command: str, readme: Readme) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             check_output(step, command, process.returncode, log.read_text())
-            pytest.fail(f"{step}\n  ran as: {command}\n  exited (status 0) instead of serving:\n{log.read_text()[-4000:]}")
+            fail(step, f"ran as: {command}\n  exited (status 0) instead of serving:\n{excerpt(log.read_text())}")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).close()
             return
@@ -401,21 +415,22 @@ def start_server(step: Step, command: str, readme: Readme) -> None:
             return  # an error page is an answer too
         except OSError:
             time.sleep(0.2)
-    pytest.fail(f"{step}\n  ran as: {command}\n  did not answer on port {port} within {SERVER_START_SECONDS} s:\n"
-                f"{log.read_text()[-4000:]}")
+    fail(step, f"ran as: {command}\n  did not answer on port {port} within {SERVER_START_SECONDS} s:\n"
+                f"{excerpt(log.read_text())}")
 
 
 def stop_server(step: Step, readme: Readme) -> None:
     """SIGTERM at the end of its block: it must exit 0, without a traceback."""
     server = readme.servers.pop(step.line, None)
-    assert server, f"{step}\n  was not started (its command failed or was deselected)"
+    if server is None:
+        fail(step, "was not started (its command failed, or was deselected)")
     server.process.send_signal(signal.SIGTERM)
     try:
         server.process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
-        pytest.fail(f"{step}\n  did not stop within 30 s of SIGTERM:\n{server.log.read_text()[-4000:]}")
+        fail(step, f"did not stop within 30 s of SIGTERM:\n{excerpt(server.log.read_text())}")
     check_output(step, f"{step.text} (then SIGTERM)", server.process.returncode, server.log.read_text())
 
 
@@ -434,7 +449,7 @@ def test_readme_step(step, readme):
     """Each README command, in README order, in the shared working folder."""
     if step.kind == "language":
         pytest.fail(f"README.md:{step.line}: a fenced block in {step.text!r}: tag shell commands ```bash and "
-                    f"Python ```python (both run), or add the language to SHOWN_LANGUAGES in {TABLE}")
+                    f"Python ```python (both run), or add the language to SHOWN_LANGUAGES in {TABLE}", pytrace=False)
     {"shell": run_shell, "python": run_python, "stop": stop_server}[step.kind](step, readme)
 
 
