@@ -20,7 +20,8 @@ For README writers: a command runs as written, except for what the table below c
 - REWRITES: make never reinstalls the venv, torchrun runs 2 CPU processes, curl fails on an HTTP
   error status.
 - `. .venv/bin/activate`: .venv in the working folder links to the venv running the tests, and
-  every command runs with it activated (PATH, VIRTUAL_ENV; PYTHONPATH: the working folder's code).
+  every command runs with it activated (PATH, VIRTUAL_ENV; PYTHONPATH: the working folder's code),
+  on THREADS thread(s).
 - SERVERS start in the background with `--port P` (a free port) appended, must answer HTTP within
   SERVER_START_SECONDS and serve the rest of their block (127.0.0.1:8000, or the --port the README
   gives, becomes 127.0.0.1:P), then get SIGTERM and must exit 0 (a "stop" item of its own).
@@ -89,6 +90,7 @@ SKIPPED = {
 SHELL_LANGUAGES = ("bash", "sh", "shell", "console")
 PYTHON_LANGUAGES = ("python", "py")
 SHOWN_LANGUAGES = ("text", "json", "jsonl", "html", "toml", "diff")  # shown to the reader, never run
+THREADS = "1"  # OMP_NUM_THREADS of every command: the suite shares the machine's cores (a quarter less CPU time)
 COMMAND_SECONDS = 240
 SERVER_START_SECONDS = 90
 
@@ -277,7 +279,7 @@ def readme(real_data, tmp_path_factory):
     env = {**os.environ, "PATH": str(Path(sys.prefix) / "bin") + os.pathsep + os.environ["PATH"],
            "VIRTUAL_ENV": sys.prefix, "PYTHONPATH": str(work), "CATSDOGS_DATA": str(work / DATA),
            "CLASSIFIER_CACHE": str(tmp_path_factory.mktemp("cache")), "TORCH_HOME": str(work / ".torch"),
-           "MPLBACKEND": "Agg"}
+           "MPLBACKEND": "Agg", "OMP_NUM_THREADS": THREADS}
     state = Readme(work, env)
     yield state
     for server in state.servers.values():  # one whose stop step did not run (-k): never left behind
