@@ -220,7 +220,8 @@ class Jobs:
 
     def finish(self, job: Job, status: int | None) -> None:
         """Record how the job ended: finished (status 0), stopped (asked to, or ended unseen, with
-        last.pt saved: resumable), failed. status None: not known (a process another server started)."""
+        last.pt saved: resumable), failed (with the command's one-line error, paths in the project
+        relative to it). status None: not known (a process another server started)."""
         log, folder = Path(job.folder) / LOG_FILE, Path(job.folder)
         if status is None and ended_well(job):
             status = 0
@@ -235,7 +236,9 @@ class Jobs:
             job.state, job.message = "stopped", "interrupted; Resume continues from the last saved epoch"
         else:
             job.state = "failed"
-            job.message = last_line(log, "error:").removeprefix("error: ") or \
+            error = last_line(log, "error:").removeprefix("error: ")
+            project = Path(job.folder).parents[1 if job.kind == "train" else 0]
+            job.message = error.replace(f"{project}{os.sep}", "") or \
                 f"the {job.kind} process ended with status {status}" + (f"; see {LOG_FILE}" if status else "")
         job.ended = time.time()
         job.save()

@@ -409,3 +409,17 @@ def test_a_job_left_running_by_a_killed_server_is_followed_by_the_next_one(tmp_p
             assert orphan.wait(5) == -15  # SIGTERM
     finally:
         orphan.kill()
+
+
+def test_a_run_that_fails_says_why_in_one_line_without_the_server_s_paths(tmp_path, tiny_real):
+    photo = sorted((tiny_real / "train" / "cat").iterdir())[0].read_bytes()
+    root = tmp_path / "studio"
+    with client_for(root) as http:
+        project = http.post("/api/projects", json={"name": "one class"}).json()["id"]
+        upload(http, project, "cat", [(f"{i}.jpg", photo) for i in range(3)])
+        run = http.post(f"/api/projects/{project}/runs", json={"recipe": "mlp", "settings": {"epochs": 1}}).json()["name"]
+        wait_for(lambda: job_state(http, project, run) != "running", 120)
+        job = http.get(f"/api/projects/{project}/runs").json()[0]["job"]
+        assert job["state"] == "failed" and "found only one class (cat)" in job["message"]
+        assert str(root) not in job["message"] and "\n" not in job["message"]
+        assert http.post(f"/api/projects/{project}/runs/{run}/resume").status_code == 400  # nothing to resume
