@@ -75,8 +75,7 @@ from tqdm import tqdm
 from classifier.checkpoint import load_checkpoint, model_from_checkpoint
 from classifier.data import FOLDER_KINDS, find_dataset, normalized_path, stratified_folds
 from classifier.images import IMAGE_EXTENSIONS, Preprocessing, decode_stream, open_image
-from classifier.neither import (IMAGENET_CATS_AND_DOGS, IMAGENET_SIMILAR, IMAGENET_THRESHOLD, IMAGENET_TOP,
-                                is_cats_and_dogs, known_scores)
+from classifier.neither import IMAGENET_CATS_AND_DOGS, IMAGENET_SIMILAR, IMAGENET_TOP, NeitherRule, is_cats_and_dogs
 from classifier.errors import ClassifierError
 from classifier.models import create_model, model_entry
 from classifier.runtime import autocast, fuse_batch_norms, one_thread, resolve_precision, select_device
@@ -431,8 +430,8 @@ def neither_findings(scan: Scan, guesses: int = 3) -> list[dict]:
     if is_cats_and_dogs(scan.classes):
         known = torch.zeros_like(hits)
         known[:, IMAGENET_CATS_AND_DOGS] = True
-        rule = {"method": "imagenet", "threshold": IMAGENET_THRESHOLD, "similar": IMAGENET_SIMILAR}
-        neither = known_scores(rule, None, scan.imagenet, nearest_other(scan)) < IMAGENET_THRESHOLD
+        rule = NeitherRule.for_cats_and_dogs(scan.features)  # the folder plays the training photos
+        neither = rule.is_neither(rule.known_scores(None, scan.imagenet, nearest_other(scan)))
     else:
         known = typical_guesses(hits, labels, readable, len(scan.classes))
         neither = ~(hits & known).any(1)

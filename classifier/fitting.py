@@ -34,7 +34,7 @@ from classifier.features import Features, compute_features, feature_views
 from classifier.images import Preprocessing
 from classifier.loop import StopSignal, Trainer, TrainState, evaluate, make_optimizer, make_schedule, train_one_epoch
 from classifier.models import create_model, model_arguments, model_entry
-from classifier.neither import neither_rule
+from classifier.neither import NeitherRule, training_bank
 from classifier.runs import append_metrics
 from classifier.runtime import grad_scaler, memory_format
 from classifier.tta import average, decodings, model_outputs
@@ -121,20 +121,10 @@ def feature_pipeline(config: TrainConfig, model: nn.Module, preprocessing: Prepr
     val_features = [compute_features(model, v.decoded(), preprocessing, device, flip=config.tta,
                                      precision=config.precision, desc="features of val") for v in val]
     pipeline = pipeline_on_features(model, features, val_features, preprocessing.tta_below)
-    pipeline.bank = imagenet_bank(model, features, device)
+    pipeline.bank = training_bank(model, features.values[:, 0], device)  # each photo's first view
     pipeline.setup_flops = sum(frozen_flops(model, split.images.shape[-1], device) * f.values.shape[0] * f.values.shape[1]
                                for f, split in zip([features, *val_features], [train, *val]))
     return pipeline
-
-
-def imagenet_bank(model: nn.Module, features: Features, device: torch.device, batch: int = 256) -> torch.Tensor | None:
-    """The original network's pooled features of every training photo (its first view): what the
-    neither rule compares a new photo with (neither.py). None for models without an ImageNet head."""
-    if not hasattr(model, "imagenet_embedding"):
-        return None
-    with evaluating(model), torch.inference_mode():
-        return torch.cat([model.imagenet_embedding(features.values[i:i + batch, 0].float().to(device)).cpu()
-                          for i in range(0, len(features), batch)]).half()
 
 
 def count_flops(function: Callable, *args) -> float:
@@ -196,7 +186,8 @@ class Run:
     trainer: Trainer
     pipeline: Pipeline
     val_sets: list[CachedImageFolder]
-    calibrated: dict = field(default_factory=dict)  # temperature, calibration, neither rule of the latest val
+    calibrated: dict = field(default_factory=dict)  # temperature and calibration of the latest val
+    neither: NeitherRule | None = None  # the neither rule fitted with them
     best_probabilities: torch.Tensor | None = None  # best.pt's calibrated val probabilities
     cross_validation: dict | None = None  # crossval.py's estimate, kept in the checkpoints
     flops_per_step: dict = field(default_factory=dict)  # step_flops() of each training size, counted once
@@ -215,8 +206,8 @@ def save(run: Run, state: TrainState, name: str, metrics: dict, with_state: bool
     extra = {"epoch": state.epoch, "metrics": metrics, "config": asdict(run.config), **run.calibrated}
     if run.cross_validation:
         extra["cross_validation"] = run.cross_validation
-    if "similar" in (run.calibrated.get("neither") or {}):
-        extra["neither_bank"] = run.pipeline.bank
+    if run.neither:
+        extra.update(run.neither.to_checkpoint())
     if with_state:
         extra["training_state"] = {
             **state.to_dict(), "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
@@ -244,8 +235,8 @@ def validate(run: Run, epoch: int) -> dict:
         raise ClassifierError(f"the validation loss became {val['loss']} at epoch {epoch}: training diverged; "
                               f"try a lower --lr (now {config.lr}); saved checkpoints were kept")
     fit = calibrate(val["logits"], val["labels"])
-    run.calibrated = {"temperature": fit["temperature"], "calibration": fit,
-                      "neither": neither_rule(run.inference_model, run.classes, val["logits"], run.pipeline.bank)}
+    run.calibrated = {"temperature": fit["temperature"], "calibration": fit}
+    run.neither = NeitherRule.fit(run.inference_model, run.classes, val["logits"], run.pipeline.bank)
     val["probabilities"] = (val["logits"] / fit["temperature"]).softmax(1)
     val["metrics"] = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "temperature": fit["temperature"],
                       "ece": fit["ece_before"], "ece_calibrated": fit["ece_after"],
