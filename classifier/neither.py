@@ -34,10 +34,11 @@ import torch
 from torch import nn
 
 IMAGENET_CATS_AND_DOGS = range(151, 294)  # dog breeds 151-268, wolves and foxes, cats 281-293
-IMAGENET_TOP = 5  # a cat or dog class among the ImageNet head's 5 likeliest guesses: known
+IMAGENET_TOP = 2  # a cat or dog class among the ImageNet head's 2 likeliest guesses: known
 IMAGENET_THRESHOLD = 0.0  # on the known score: below it, neither
-IMAGENET_SIMILAR = 0.48  # mean cosine similarity to the NEIGHBOURS most similar training photos: known
-NEIGHBOURS = 5
+IMAGENET_SIMILAR = 0.44  # mean cosine similarity to the NEIGHBOURS most similar training photos: known
+NEIGHBOURS = 10
+EARLIER_TOP, EARLIER_NEIGHBOURS = 5, 1  # what a rule saved without "top" and "neighbours" used
 SIMILARITY_SCALE = 10.0  # known_score = max(imagenet_score, SIMILARITY_SCALE * (similarity - similar))
 BANK_DTYPE = torch.float16  # the training photos' features in the checkpoint: half the bytes
 
@@ -124,8 +125,8 @@ class NeitherRule:
         """The rule of a checkpoint or an export (None: none); older dicts lack top and neighbours."""
         if not rule:
             return None
-        return cls(rule["method"], float(rule["threshold"]), rule.get("similar"), int(rule.get("top", IMAGENET_TOP)),
-                   int(rule.get("neighbours", 1)), bank if rule.get("similar") is not None else None)
+        return cls(rule["method"], float(rule["threshold"]), rule.get("similar"), int(rule.get("top", EARLIER_TOP)),
+                   int(rule.get("neighbours", EARLIER_NEIGHBOURS)), bank if rule.get("similar") is not None else None)
 
     def to_checkpoint(self) -> dict:
         """The checkpoint's fields: "neither" and, with a similarity test, "neither_bank"."""

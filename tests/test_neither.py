@@ -13,7 +13,7 @@ from benchmarks.neither_set import Source, members, names_a_cat_or_dog, selected
 from classifier.checkpoint import load_checkpoint
 from classifier.export import main as export_main
 from classifier.inference import Classifier
-from classifier.neither import IMAGENET_SIMILAR, NEIGHBOURS, NeitherRule, neighbour_similarity
+from classifier.neither import IMAGENET_SIMILAR, IMAGENET_TOP, NEIGHBOURS, NeitherRule, neighbour_similarity
 from classifier.predict import main as predict_main
 from classifier.train import main as train_main
 from conftest import copy_subset
@@ -50,8 +50,8 @@ def test_the_rule_round_trips_and_old_checkpoints_read_as_they_were_meant():
     bank = torch.randn(6, 16)
     rule = NeitherRule.for_cats_and_dogs(bank)
     saved = rule.to_checkpoint()
-    assert saved["neither"] == {"method": "imagenet", "threshold": 0.0, "top": 5, "similar": IMAGENET_SIMILAR,
-                                "neighbours": NEIGHBOURS}
+    assert saved["neither"] == {"method": "imagenet", "threshold": 0.0, "top": IMAGENET_TOP,
+                                "similar": IMAGENET_SIMILAR, "neighbours": NEIGHBOURS}
     assert json.loads(json.dumps(saved["neither"])) == saved["neither"]  # plain data for the ONNX metadata
     again = NeitherRule.from_checkpoint(saved)
     assert again.to_dict() == rule.to_dict() and again.bank is bank
@@ -64,7 +64,7 @@ def test_the_rule_round_trips_and_old_checkpoints_read_as_they_were_meant():
     assert NeitherRule.from_dict({"method": "imagenet", "threshold": 0.0}).bank is None  # --finetune full
     assert NeitherRule.from_checkpoint({}) is None
     energy = NeitherRule("energy", 1.5)
-    assert NeitherRule.from_dict(energy.to_dict()) == energy and energy.to_checkpoint() == {"neither": energy.to_dict()}
+    assert NeitherRule.from_dict(energy.to_dict()).to_dict() == energy.to_dict() == energy.to_checkpoint()["neither"]
     assert neighbour_similarity(query, bank[:2], neighbours=5).shape == (3,)  # fewer photos than neighbours
 
 
