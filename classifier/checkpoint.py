@@ -8,7 +8,8 @@ A checkpoint is a dict of plain data and tensors:
   classes        class names, in output order
   preprocessing  Preprocessing.to_dict(): image size, resize mode, normalization
   temperature    the calibration temperature applied to logits by predict (1.0: none)
-  neither        the rule predict flags "neither" photos with (neither.py)
+  neither        the rule predict flags "neither" photos with (NeitherRule.to_dict, neither.py)
+  neither_bank   the training photos' features that rule compares a photo with (its similarity test)
   saved_at       when the file was written (UTC, ISO 8601)
   epoch, metrics the epoch just finished and its metrics
   config         the training configuration (TrainConfig as a dict)

@@ -19,8 +19,7 @@ from torchvision.models import MobileNet_V3_Large_Weights
 
 from classifier.data import normalized_path, stratified_folds
 from classifier.images import IMAGE_EXTENSIONS
-from classifier.neither import (IMAGENET_CATS_AND_DOGS, IMAGENET_SIMILAR, IMAGENET_THRESHOLD, IMAGENET_TOP,
-                                is_cats_and_dogs, known_scores)
+from classifier.neither import IMAGENET_CATS_AND_DOGS, NeitherRule, is_cats_and_dogs
 from classifier.runtime import one_thread
 from classifier.scan import Photo, Scan
 
@@ -28,6 +27,7 @@ NEAR_SIMILARITY = 0.92
 NEAR_HASH_BITS = 6
 JOINT_SIMILARITY, JOINT_HASH_BITS = 0.85, 16
 TYPICAL_SHARE = 0.2
+IMAGENET_TOP = 5  # the ImageNet head's guesses the neither check of other classes looks at
 MIN_SIDE = 32
 IMBALANCE_RATIO = 1 / 3
 MIN_VAL_PHOTOS = 10
@@ -271,10 +271,10 @@ def typical_guesses(hits: torch.Tensor, labels: torch.Tensor, readable: torch.Te
 
 
 def neither_findings(scan: Scan, settings: CheckSettings, guesses: int = 3) -> list[dict]:
-    """Photos that show none of the classes. Classes cat and dog: the project's rule (neither.py):
-    no ImageNet cat, dog, wolf or fox class among the ImageNet head's IMAGENET_TOP guesses, and no
-    other photo of the folder as similar as IMAGENET_SIMILAR (cosine of pooled features: the
-    folder plays the training photos). Other classes: none of its IMAGENET_TOP guesses is a
+    """Photos that show none of the classes. Classes cat and dog: the project's rule
+    (neither.NeitherRule): no ImageNet cat, dog, wolf or fox class among the ImageNet head's top
+    guesses, and the folder's other photos most like it not as similar as the rule's similarity
+    (cosine of pooled features: the folder plays the training photos). Other classes: none of its IMAGENET_TOP guesses is a
     typical guess for any class (typical_guesses): the folder itself says what its classes look
     like to ImageNet. "confidence" = the ImageNet probability of none of those classes;
     "imagenet" lists the head's likeliest guesses, to say what the photo looks like instead."""
@@ -286,8 +286,8 @@ def neither_findings(scan: Scan, settings: CheckSettings, guesses: int = 3) -> l
     if is_cats_and_dogs(scan.classes):
         known = torch.zeros_like(hits)
         known[:, IMAGENET_CATS_AND_DOGS] = True
-        rule = {"method": "imagenet", "threshold": IMAGENET_THRESHOLD, "similar": IMAGENET_SIMILAR}
-        neither = known_scores(rule, None, scan.imagenet, nearest_other(scan)) < IMAGENET_THRESHOLD
+        rule = NeitherRule.for_cats_and_dogs(scan.features)  # the folder plays the training photos
+        neither = rule.is_neither(rule.known_scores(None, scan.imagenet, nearest_other(scan, rule.neighbours)))
     else:
         known = typical_guesses(hits, labels, readable, len(scan.classes))
         neither = ~(hits & known).any(1)
@@ -300,16 +300,16 @@ def neither_findings(scan: Scan, settings: CheckSettings, guesses: int = 3) -> l
     return sorted(findings, key=lambda f: -f["confidence"])
 
 
-def nearest_other(scan: Scan, block: int = 512) -> torch.Tensor:
-    """Each photo's cosine similarity to the most similar other readable photo of the folder: the
-    neither rule's "like a training photo" test, with the folder as the training photos."""
+def nearest_other(scan: Scan, neighbours: int = 1, block: int = 512) -> torch.Tensor:
+    """Each photo's mean cosine similarity to its `neighbours` most similar other readable photos of
+    the folder: the neither rule's "like a training photo" test, with the folder as the training photos."""
     features = nn.functional.normalize(scan.features, dim=1)
     others = features[scan.readable]
     nearest = torch.empty(len(features))
     for start in range(0, len(features), block):
         cosine = features[start:start + block] @ others.T
         cosine[cosine > 0.9999] = -1  # the photo itself (and exact copies, reported as duplicates)
-        nearest[start:start + block] = cosine.amax(1)
+        nearest[start:start + block] = cosine.topk(min(neighbours, cosine.shape[1]), dim=1).values.mean(1)
     return nearest
 
 

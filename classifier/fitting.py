@@ -36,7 +36,7 @@ from classifier.features import Features, compute_features, feature_views
 from classifier.images import Preprocessing
 from classifier.loop import StopSignal, Trainer, TrainState, evaluate, make_optimizer, make_schedule, train_one_epoch
 from classifier.models import create_model, model_arguments, model_entry
-from classifier.neither import neither_rule
+from classifier.neither import NeitherRule, training_bank
 from classifier.plan import Plan
 from classifier.runs import append_metrics
 from classifier.runtime import grad_scaler, memory_format, one_thread
@@ -126,20 +126,11 @@ def feature_pipeline(config: TrainConfig, model: nn.Module, preprocessing: Prepr
     val_features = [compute_features(model, v.decoded(), preprocessing, device, flip=config.tta,
                                      precision=config.precision, desc="features of val") for v in val]
     pipeline = pipeline_on_features(model, features, val_features, preprocessing.tta_below)
-    pipeline.bank, pipeline.features = imagenet_bank(model, features, device), (features, val_features)
+    pipeline.bank = training_bank(model, features.values[:, 0], device)  # each photo's first view
+    pipeline.features = (features, val_features)
     pipeline.setup_flops = sum(frozen_flops(model, split.images.shape[-1], device) * f.values.shape[0] * f.values.shape[1]
                                for f, split in zip([features, *val_features], [train, *val]))
     return pipeline
-
-
-def imagenet_bank(model: nn.Module, features: Features, device: torch.device, batch: int = 256) -> torch.Tensor | None:
-    """The original network's pooled features of every training photo (its first view): what the
-    neither rule compares a new photo with (neither.py). None for models without an ImageNet head."""
-    if not hasattr(model, "imagenet_embedding"):
-        return None
-    with evaluating(model), torch.inference_mode():
-        return torch.cat([model.imagenet_embedding(features.values[i:i + batch, 0].float().to(device)).cpu()
-                          for i in range(0, len(features), batch)]).half()
 
 
 def count_flops(function: Callable, *args) -> float:
@@ -210,9 +201,11 @@ class Run:
     val_sets: list[CachedImageFolder]
     plan: Plan
     listener: Callable[[dict], None] | None = None  # gets every event (emit), on the first process
-    calibrated: dict = field(default_factory=dict)  # temperature, calibration, neither rule of the latest val
+    calibrated: dict = field(default_factory=dict)  # temperature and calibration of the latest val
+    neither: NeitherRule | None = None  # the neither rule fitted with them
     best_probabilities: torch.Tensor | None = None  # best.pt's calibrated val probabilities
     cross_validation: dict | None = None  # crossval.py's estimate, kept in the checkpoints
+    label_check: dict | None = None  # train.label_check: training photos that look like another class
     flops_per_step: dict = field(default_factory=dict)  # step_flops() of each training size, counted once
 
     @property
@@ -244,8 +237,10 @@ def save(run: Run, state: TrainState, name: str, metrics: dict, with_state: bool
              **run.calibrated}
     if run.cross_validation:
         extra["cross_validation"] = run.cross_validation
-    if "similar" in (run.calibrated.get("neither") or {}):
-        extra["neither_bank"] = run.pipeline.bank
+    if run.label_check:
+        extra["label_check"] = run.label_check
+    if run.neither:
+        extra.update(run.neither.to_checkpoint())
     if with_state:
         extra["training_state"] = {
             **state.to_dict(), "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
@@ -275,8 +270,8 @@ def validate(run: Run, epoch: int) -> dict:
         raise ClassifierError(f"the validation loss became {val['loss']} at epoch {epoch}: training diverged; "
                               f"try a lower --lr (now {config.lr}); saved checkpoints were kept")
     fit = calibrate(val["logits"], val["labels"])
-    run.calibrated = {"temperature": fit["temperature"], "calibration": fit,
-                      "neither": neither_rule(run.inference_model, run.classes, val["logits"], run.pipeline.bank)}
+    run.calibrated = {"temperature": fit["temperature"], "calibration": fit}
+    run.neither = NeitherRule.fit(run.inference_model, run.classes, val["logits"], run.pipeline.bank)
     val["probabilities"] = (val["logits"] / fit["temperature"]).softmax(1)
     val["metrics"] = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "temperature": fit["temperature"],
                       "ece": fit["ece_before"], "ece_calibrated": fit["ece_after"],

@@ -71,7 +71,7 @@ def model_card(classifier: Classifier, path: str | Path, tta: bool) -> dict:
         "resize": classifier.preprocessing.resize, "tta": tta,
         "tta_sizes": list(classifier.preprocessing.tta_sizes) if tta else [],
         "val_accuracy": metrics.get("val_accuracy"), "epoch": checkpoint.get("epoch"),
-        "temperature": classifier.temperature, "neither": classifier.neither,
+        "temperature": classifier.temperature, "neither": classifier.neither and classifier.neither.to_dict(),
         "trained_at": _timestamp(checkpoint.get("saved_at") or path.stat().st_mtime),
         "trained_on": shown_folder(config.get("data")), "explainable": isinstance(classifier.model, torch.nn.Module),
     }

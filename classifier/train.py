@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from classifier import budget, distributed, recipes
+from classifier.checks import confident_learning, out_of_fold_probabilities
 from classifier.augment import Augmentation
 from classifier.checkpoint import load_checkpoint
 from classifier.cli import add_config_flags, run_command
@@ -189,13 +190,47 @@ def fit_and_finish(run: Run, resumed: dict | None, started: float) -> dict:
                                                                   config.exclude)[0], session, folds, run)
         if session.is_main:
             (run.out / "cross_validation.json").write_text(json.dumps(run.cross_validation, indent=1) + "\n")
+    run.label_check = label_check(run) if not resumed else resumed.get("label_check")
     if config.time_budget and not resumed:  # a resumed run keeps its plan
         run.use_plan(budget.plan_in_budget(run, config.time_budget, started))
     state = resume_training(run, resumed) if resumed else TrainState()
     with StopSignal() as stop:
         metrics = fit(run, state, stop, started)
     finish(run)
+    say_label_check(run)
     return metrics
+
+
+NOISY_SHARE = 0.05  # more training photos than this look like another class: the labels look noisy
+LABEL_FOLDS = 5
+
+
+def label_check(run: Run) -> dict | None:
+    """With cached features (a pretrained probe): the audit's label check on the training photos.
+    A logistic regression fitted on the other folds scores each photo; confident learning flags
+    those that look like another class (classifier/checks.py). None for other runs."""
+    if not uses_cached_features(run.trainer.model) or not run.session.is_main:
+        return None
+    inputs, labels = run.pipeline.train_inputs
+    views = run.config.views if run.config.augment else 1  # feature_pipeline's views of each photo, in a row
+    features, labels = inputs[::views].float().mean((-2, -1)), labels[::views]
+    if len(labels.unique()) < 2 or torch.bincount(labels).min() < LABEL_FOLDS:
+        return None
+    probabilities = out_of_fold_probabilities(features, labels, len(run.classes), LABEL_FOLDS, run.config.seed)
+    flagged, _ = confident_learning(probabilities, labels)
+    return {"photos": len(labels), "flagged": int(flagged.sum()), "share": round(flagged.float().mean().item(), 4),
+            "noisy": flagged.float().mean().item() > NOISY_SHARE}
+
+
+def say_label_check(run: Run) -> None:
+    check = run.label_check
+    if check and run.session.is_main:
+        print(f"labels: {check['flagged']} of {check['photos']} training photos ({check['share']:.1%}) look like "
+              "another class to a probe that never saw them"
+              + (f"; the labels look noisy (over {NOISY_SHARE:.0%}): review them with `python -m classifier.audit "
+                 f"{run.config.data}`" if check["noisy"] else ""))
+        if run.out is not None:
+            (run.out / "label_check.json").write_text(json.dumps(check) + "\n")
 
 
 def wanted_folds(config: TrainConfig, run: Run) -> int:
