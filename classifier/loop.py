@@ -165,14 +165,27 @@ class Trainer:
     class_weights: torch.Tensor | None = None  # of each class in the loss (classes of different sizes)
 
 
+@dataclass
+class Step:
+    """One training step's forward pass: what the network saw and answered (the learn view shows it)."""
+
+    inputs: torch.Tensor  # the batch as the network saw it: augmented, mixed, normalized
+    targets: torch.Tensor  # class indices [N], or class probabilities [N, classes] (mixed images)
+    logits: torch.Tensor  # the output layer's values, float32
+    loss: torch.Tensor  # the error the update follows (config.loss)
+
+
 def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
-               epoch: int, where: str) -> list[float]:
-    """One optimizer step on a batch; returns [loss sum, correct, images] over all processes."""
+               epoch: int, where: str, observe: Callable[[Step], None] | None = None) -> list[float]:
+    """One optimizer step on a batch: forward, error, backward, update; returns [loss sum, correct,
+    images] over all processes. observe(step), if given, sees the forward pass before the update."""
     config = trainer.config
     x, targets = trainer.prepare(images.to(trainer.device), labels.to(trainer.device), generator, epoch)
     with autocast(trainer.device, config.precision):
         logits = trainer.forward(x).float()
     loss = compute_loss(config.loss, logits, targets, config.label_smoothing, trainer.class_weights)
+    if observe:
+        observe(Step(x, targets, logits, loss))
     majority = targets.argmax(1) if targets.ndim == 2 else targets  # mixed: the larger share
     sums = distributed.all_sum([loss.item() * len(labels), (logits.argmax(1) == majority).sum().item(), len(labels)])
     if not math.isfinite(sums[0]):
@@ -188,22 +201,36 @@ def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, gen
     return sums
 
 
+def start_epoch(trainer: Trainer, batches: Batches, epoch: int) -> None:
+    """Train mode, and the epoch's order of batches: the same whether the epoch runs whole,
+    resumed mid-way or one step at a time (learn.py)."""
+    trainer.model.train(not trainer.freeze)
+    trainer.model.get_classifier().train()
+    batches.generator = torch.Generator().manual_seed(step_seed(trainer.config.seed, epoch, -1))
+
+
+def seeded_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, state: TrainState,
+                observe: Callable[[Step], None] | None = None) -> None:
+    """train_step on the batch at (state.epoch, state.step) with the randomness drawn for that
+    place (augmentation, mixing, dropout), then state moves on by one step."""
+    config, epoch, step = trainer.config, state.epoch, state.step
+    torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout
+    generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, step))
+    state.running.add(*train_step(trainer, images, labels, generator, epoch, f"epoch {epoch + 1}, step {step}",
+                                  observe))
+    state.step = step + 1
+
+
 def train_one_epoch(trainer: Trainer, batches: Batches, state: TrainState, stop: "StopSignal",
                     show: bool = True) -> bool:
     """Train on every batch of epoch state.epoch from step state.step on; False if a stop was
     requested (in any process) before the last step, with `state` where it stopped."""
-    config, epoch = trainer.config, state.epoch
-    trainer.model.train(not trainer.freeze)
-    trainer.model.get_classifier().train()
-    batches.generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, -1))
-    bar = progress(batches, f"epoch {epoch + 1}/{config.epochs}", unit="batch", enabled=show)
+    start_epoch(trainer, batches, state.epoch)
+    bar = progress(batches, f"epoch {state.epoch + 1}/{trainer.config.epochs}", unit="batch", enabled=show)
     for step, (images, labels) in enumerate(bar):
         if step < state.step:
             continue  # resuming mid-epoch: these batches were already trained on
-        torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout
-        generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, step))
-        state.running.add(*train_step(trainer, images, labels, generator, epoch, f"epoch {epoch + 1}, step {step}"))
-        state.step = step + 1
+        seeded_step(trainer, images, labels, state)
         bar.set_postfix(loss=f"{state.running.loss:.4f}", acc=f"{state.running.accuracy:.3f}")
         if distributed.any_rank(stop.requested) and state.step < len(batches):
             return False
