@@ -21,7 +21,7 @@ from torch import nn
 # What each kind of module does, in the article's words; containers (Sequential, ...) say nothing.
 KINDS = {
     "Conv2d": "convolution", "Linear": "weighted sums", "BatchNorm2d": "batch norm", "MaxPool2d": "max pooling",
-    "AvgPool2d": "average pooling", "AdaptiveAvgPool2d": "average of each channel", "Flatten": "pixels in a row",
+    "AvgPool2d": "average pooling", "AdaptiveAvgPool2d": "average of each channel", "Flatten": "in a row",
     "ReLU": "ReLU", "Sigmoid": "sigmoid", "Tanh": "tanh", "GELU": "GELU", "SiLU": "SiLU", "Hardswish": "hard swish",
     "ReLU6": "ReLU6", "ResidualBlock": "residual block", "BasicBlock": "residual block",
     "InvertedResidual": "inverted residual block", "SqueezeExcitation": "squeeze-excitation",
@@ -66,6 +66,7 @@ class Layer:
     """One layer's output for a batch, and where it comes from."""
 
     name: str  # the outermost module that returned it, e.g. "features.1" ("head": the output layer)
+    module: nn.Module  # the innermost one: the module that computed it
     modules: list[str]  # class names of every module that returned it, innermost first
     output: torch.Tensor  # [N, channels, h, w] (a feature map) or [N, units]
     field: Field | None  # of each position of a feature map; None for [N, units]
@@ -116,7 +117,7 @@ class _Recorder:
         source = next((m for m in reversed(self.sources)
                        if (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features) == width), None)
         self.position[id(output)] = len(self.layers)
-        self.layers.append(Layer(name, [type(module).__name__], output,
+        self.layers.append(Layer(name, module, [type(module).__name__], output,
                                  self.field if feature_map and tuple(output.shape[-2:]) == self.size else None,
                                  source))
 

@@ -19,7 +19,7 @@ LAYERS = [
     {"models", "backbones", "images", "augment", "calibration", "neither", "distributed", "downloads", "plots",
      "layers", "pictures"},
     {"data", "tta", "features", "checkpoint", "config"},
-    {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget"},
+    {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget", "inside"},
     {"train", "predict", "report", "explain", "export", "serve", "audit", "learn"},
 ]
 
