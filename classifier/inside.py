@@ -32,6 +32,7 @@ from classifier.images import DecodedImages, Source, cache_key, decode_images, d
 from classifier.inference import Classifier
 from classifier.layers import Layer, trace_layers
 from classifier.progress import progress
+from classifier.runtime import one_thread
 
 TOP = 9  # patches shown per channel
 BATCH = 64  # photos per forward pass while finding every channel's strongest responses
@@ -117,7 +118,7 @@ class Inside:
     def look(self, source: Source, name: str | None = None) -> Look:
         """One photo (a path, PIL image or a file's bytes named `name`) through the network."""
         image = self.classifier.preprocessing.decode(source, name)
-        with torch.inference_mode():
+        with torch.inference_mode(), one_thread():  # one photo: more threads only wait on each other
             logits, layers = self.trace(image[None])
             calibrated, scores = self.classifier.outputs(image[None], tta=False)
         logits = logits[0].float().cpu()

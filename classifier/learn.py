@@ -9,7 +9,8 @@
 A learner is a training run set up by train.py's own `setup` (the same data, model, optimizer and
 schedule) whose steps are taken one at a time by loop.seeded_step, the step train.py takes; at the
 end of each pass over the photos it validates and saves like any run (fitting.end_epoch). So the
-folder it leaves is a run like any other, and it resumes exactly like an interrupted one.
+folder it leaves is a run like any other, and it resumes exactly like an interrupted one (steps
+run on one thread here: train.py with more threads sums in another order, to float rounding).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from classifier.fitting import Run, end_epoch, save
 from classifier.loop import Step, TrainState, compute_loss, seeded_step, start_epoch
 from classifier.models import ACTIVATIONS
 from classifier.pictures import photos, weight_images
+from classifier.runtime import one_thread
 from classifier.train import setup
 
 MODELS = ("mlp", "convnet")
@@ -110,6 +112,7 @@ class Iteration:
     errors: dict[str, float]  # mean squared error and cross-entropy on this batch, for comparison
     layers: list[LayerChange]
     first_layer: torch.Tensor  # the first layer's weights as images [n, h, w, 3] after the update
+    learned: torch.Tensor  # the same for the weights minus their random starting values: what training added
     diverged: str = ""  # why training cannot go on (the error is no longer a number), or ""
     validation: dict = field(default_factory=dict)  # at the end of a pass over the photos: its metrics
 
@@ -129,12 +132,12 @@ def layer_labels(model: nn.Module) -> dict[str, str]:
     return labels
 
 
-def first_layer_images(model: nn.Module, image_size: int) -> torch.Tensor:
-    """An MLP's first hidden layer: each neuron's weights on the pixels as an image; a convnet's
-    first convolution: its filters."""
+def first_layer_weights(model: nn.Module, image_size: int) -> torch.Tensor:
+    """[n, 3, h, w]: an MLP's first hidden layer, each neuron's weights on the pixels laid out as
+    the photo; a convnet's first convolution, its filters."""
     first = next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
-    weights = first.weight if isinstance(first, nn.Conv2d) else first.weight.reshape(-1, 3, image_size, image_size)
-    return weight_images(weights)
+    weights = first.weight.detach().cpu().clone()
+    return weights if isinstance(first, nn.Conv2d) else weights.reshape(-1, 3, image_size, image_size)
 
 
 def norm(tensors) -> float:
@@ -150,6 +153,7 @@ class Learner:
         self.batches = Batches(*run.pipeline.train_inputs, run.config.batch_size, shuffle=True, drop_last=True)
         self.order = None  # this pass's batches, as train_one_epoch draws them
         self.labels = layer_labels(run.trainer.model)
+        self.initial = first_layer_weights(run.trainer.model, run.preprocessing.image_size)
         self.started, self.seconds = time.perf_counter(), 0.0  # since the start; in this pass
         self.metrics: dict = {}  # of the last finished pass
         self.diverged = ""
@@ -170,11 +174,19 @@ class Learner:
         """Weight updates so far: the steps the learning-rate schedule has counted."""
         return self.run.trainer.scheduler.last_epoch
 
-    def first_layer(self) -> torch.Tensor:
-        return first_layer_images(self.model, self.run.preprocessing.image_size)
+    def first_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first layer's weights as images, and their change since the start as images."""
+        weights = first_layer_weights(self.model, self.run.preprocessing.image_size)
+        return weight_images(weights), weight_images(weights - self.initial)
 
     def step(self) -> Iteration:
-        """Exactly one iteration on the next batch: forward pass, error, backward pass, update."""
+        """Exactly one iteration on the next batch: forward pass, error, backward pass, update.
+        On one thread: a batch this small gains nothing from more, and on a busy machine their
+        synchronisation made a step 50x slower (runtime.one_thread)."""
+        with one_thread():
+            return self._step()
+
+    def _step(self) -> Iteration:
         if self.diverged:
             raise ClassifierError(self.diverged)
         if self.order is None:
@@ -213,7 +225,7 @@ class Learner:
             self.iteration, epoch, photos(step.inputs, preprocessing.mean, preprocessing.std), indices.tolist(),
             logits, logits.softmax(1), torch.nn.functional.one_hot(indices, classes).float(), step.loss.item(),
             {kind: compute_loss(kind, logits, indices).item() for kind in ("mse", "ce")},
-            [] if self.diverged else layers, self.first_layer(), self.diverged)
+            [] if self.diverged else layers, *self.first_layer(), self.diverged)
 
     def hand_over(self) -> Path:
         """Save last.pt so that `train.py --resume OUT/last.pt` trains on from this very step, as
