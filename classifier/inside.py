@@ -17,6 +17,7 @@ training photos the first time, then cached on disk per checkpoint and photo lis
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,7 @@ class Patch:
     value: float  # the channel's strongest response in that photo
     box: tuple[int, int, int, int]  # (top, left, bottom, right), inclusive, in the decoded photo
     image: torch.Tensor  # uint8 [h, w, 3]: the patch
+    photo: torch.Tensor  # uint8 [S, S, 3]: the whole photo, as the network sees it
 
 
 @dataclass
@@ -86,11 +88,13 @@ class Maxima:
 
 class Inside:
     """A trained checkpoint, opened to look inside; `layers` describes its layers (their outputs
-    for a blank photo), in the order of every Look's."""
+    for a blank photo), in the order of every Look's. Safe to share between threads: a forward
+    pass with hooks on every module runs one at a time."""
 
     def __init__(self, classifier: Classifier, path: Path, photos: str | None, config: dict,
                  cache_dir: str | None = default_cache_dir()):
         self.classifier, self.path, self.photos, self.config, self.cache_dir = classifier, path, photos, config, cache_dir
+        self.tracing, self.finding = threading.Lock(), threading.Lock()  # one traced pass; one search of the photos
         size = classifier.preprocessing.image_size
         with torch.inference_mode():
             _, self.layers = self.trace(torch.zeros(1, 3, size, size, dtype=torch.uint8))
@@ -113,7 +117,8 @@ class Inside:
     def trace(self, images: torch.Tensor) -> tuple[torch.Tensor, list[Layer]]:
         """uint8 photos [N, 3, S, S] -> (output layer's values, every layer) in one forward pass."""
         inputs = self.classifier.preprocessing.normalize(images.to(self.classifier.device))
-        return trace_layers(self.model, lambda: self.model(inputs))
+        with self.tracing:
+            return trace_layers(self.model, lambda: self.model(inputs))
 
     def look(self, source: Source, name: str | None = None) -> Look:
         """One photo (a path, PIL image or a file's bytes named `name`) through the network."""
@@ -166,8 +171,9 @@ class Inside:
     def gradcam(self, source: Source, name: str | None = None, target: int | None = None) -> tuple[Explanation, bytes]:
         """Grad-CAM for a photo (gradcam.py), and the photo with the heatmap over it as PNG bytes."""
         image = self.classifier.preprocessing.decode(source, name)
-        explanation = explain_tensor(self.model, self.classifier.preprocessing, image, target,
-                                     self.classifier.temperature)
+        with self.tracing:
+            explanation = explain_tensor(self.model, self.classifier.preprocessing, image, target,
+                                         self.classifier.temperature)
         return explanation, overlay_png(explanation, display_photo(self.classifier, source))
 
     def top_patches(self, layer: int, channel: int, count: int = TOP) -> list[Patch]:
@@ -184,23 +190,27 @@ class Inside:
                 y, x = divmod(int(maxima.positions[layer][index, channel]), info.output.shape[-1])
                 box = info.field.box(y, x, size)
             top, left, bottom, right = box
-            image = maxima.decoded.images[index][:, top:bottom + 1, left:right + 1].permute(1, 2, 0)
+            photo = maxima.decoded.images[index].permute(1, 2, 0)
             patches.append(Patch(maxima.decoded.paths[index], int(maxima.decoded.labels[index]),
-                                 float(values[index]), box, image.clone()))
+                                 float(values[index]), box, photo[top:bottom + 1, left:right + 1].clone(), photo.clone()))
         return patches
 
     def maxima(self) -> Maxima:
         """Every training photo's strongest response per channel: from the cache, or one pass."""
-        if self._maxima is None:
-            decoded = self.training_photos()
-            cache = self.maxima_file(decoded)
-            saved = load_maxima(cache, decoded, len(self.layers)) if cache else None
-            if saved is None:
-                saved = self.strongest_responses(decoded)
-                if cache:
-                    atomic_save({"values": saved[0], "positions": saved[1]}, cache)
-            self._maxima = Maxima(decoded, *saved)
+        with self.finding:
+            if self._maxima is None:
+                self._maxima = self.find_maxima()
         return self._maxima
+
+    def find_maxima(self) -> Maxima:
+        decoded = self.training_photos()
+        cache = self.maxima_file(decoded)
+        saved = load_maxima(cache, decoded, len(self.layers)) if cache else None
+        if saved is None:
+            saved = self.strongest_responses(decoded)
+            if cache:
+                atomic_save({"values": saved[0], "positions": saved[1]}, cache)
+        return Maxima(decoded, *saved)
 
     def training_photos(self) -> DecodedImages:
         """The photos the run trained on (its split of the photos folder), decoded as it sees them."""

@@ -148,8 +148,8 @@ class Learner:
     """A training run taken one step at a time: step() is one iteration, hand_over() lets
     train.py carry on."""
 
-    def __init__(self, run: Run):
-        self.run, self.state = run, TrainState()
+    def __init__(self, run: Run, settings: LearnSettings):
+        self.run, self.settings, self.state = run, settings, TrainState()
         self.batches = Batches(*run.pipeline.train_inputs, run.config.batch_size, shuffle=True, drop_last=True)
         self.order = None  # this pass's batches, as train_one_epoch draws them
         self.labels = layer_labels(run.trainer.model)
@@ -163,7 +163,7 @@ class Learner:
         """Set up a run on a folder of photos (train.py's layouts) writing to `out`."""
         config = settings.check().config(photos, out)
         torch.manual_seed(config.seed)  # the initial weights, as train.py draws them
-        return cls(setup(config, None, distributed.start(config.device)))
+        return cls(setup(config, None, distributed.start(config.device)), settings)
 
     @property
     def model(self) -> nn.Module:

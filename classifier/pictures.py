@@ -4,6 +4,7 @@
     weight_images(weights)      [n, c, h, w] weights -> [n, h, w, 3 or 1] in [0, 1], zero at gray
     map_images(maps)            [channels, h, w] feature maps -> uint8 [channels, h, w, 3], one colour scale
     png(image), data_url(image) an image ([h, w, 3] or [h, w], uint8 or float in [0, 1]) -> PNG
+    png_url(data)               PNG bytes -> a data URL for an <img>
 
 No matplotlib: a page asks for dozens of these a second.
 """
@@ -70,4 +71,9 @@ def png(image: torch.Tensor) -> bytes:
 
 def data_url(image: torch.Tensor) -> str:
     """The image as a PNG data URL, for an <img> on a page."""
-    return "data:image/png;base64," + base64.b64encode(png(image)).decode()
+    return png_url(png(image))
+
+
+def png_url(data: bytes) -> str:
+    """PNG bytes as a data URL."""
+    return "data:image/png;base64," + base64.b64encode(data).decode()

@@ -20,7 +20,7 @@ LAYERS = [
      "layers", "pictures"},
     {"data", "tta", "features", "checkpoint", "config"},
     {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget", "inside"},
-    {"train", "predict", "report", "explain", "export", "serve", "audit", "learn"},
+    {"train", "predict", "report", "explain", "export", "serve", "audit", "learn", "learn_view", "inside_view"},
 ]
 
 
