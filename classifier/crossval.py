@@ -25,6 +25,7 @@ from classifier.features import Features, compute_features, uses_cached_features
 from classifier.fitting import (Pipeline, Run, build_model, class_weights, fit, image_pipeline, load_splits,
                                 make_trainer, per_class_accuracy, pipeline_on_features)
 from classifier.loop import StopSignal, TrainState, make_ema
+from classifier.plan import make_plan
 from classifier.progress import progress
 
 SMALL_VAL = 10  # fewer val photos of a class than this: its val accuracy says little
@@ -75,7 +76,6 @@ def pooled_inputs(config: TrainConfig, dataset: Dataset, session: distributed.Se
 
 def cross_validate(config: TrainConfig, dataset: Dataset, session: distributed.Session, folds: int) -> dict:
     """The out-of-fold accuracy of the run's recipe: overall, per fold and per class."""
-    config = replace(config, eval_every=config.epochs)  # evaluated once, after the last epoch
     inputs, labels, preprocessing = pooled_inputs(config, dataset, session)
     fold_of, predicted = stratified_folds(labels, folds, config.seed), torch.zeros_like(labels)
     for fold in progress(range(folds), f"{folds}-fold cross-validation", unit="fold"):
@@ -84,9 +84,11 @@ def cross_validate(config: TrainConfig, dataset: Dataset, session: distributed.S
         model, _ = build_model(config, dataset.classes)
         model.to(session.device)
         pipeline = fold_pipeline(config, model, preprocessing, inputs, held, session)
+        plan = make_plan(config, len(pipeline.train_inputs[1]), session.world_size)
+        plan = replace(plan, evaluated=(plan.epochs,))  # evaluated once, after the last epoch
         weights = class_weights(labels[~held], len(dataset.classes), config.balance)
-        trainer = make_trainer(config, model, pipeline, make_ema(model, config.ema), session, weights)
-        run = Run(config, session, None, dataset.classes, preprocessing, trainer, pipeline, [])
+        trainer = make_trainer(config, plan, model, pipeline, make_ema(model, config.ema), session, weights)
+        run = Run(config, session, None, dataset.classes, preprocessing, trainer, pipeline, [], plan)
         fit(run, TrainState(), StopSignal(), time.perf_counter())
         predicted[held] = run.best_probabilities.argmax(1)
     return summarize(predicted, labels, fold_of, dataset.classes)

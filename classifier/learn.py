@@ -6,9 +6,10 @@
     learner.hand_over()          # last.pt: `python train.py --resume project/runs/learn/last.pt`
                                  # trains on from this very step, as a normal run
 
-A learner is a training run set up by train.py's own `setup` (the same data, model, optimizer and
-schedule) whose steps are taken one at a time by loop.seeded_step, the step train.py takes; at the
-end of each pass over the photos it validates and saves like any run (fitting.end_epoch). So the
+A learner is a training run set up by train.py's own `setup` (the same data, model, plan, optimizer
+and schedule) whose steps are taken one at a time by loop.seeded_step, the step train.py takes; at
+the end of each pass over the photos it validates, logs and saves like any run (fitting.end_epoch),
+and its events go to OUT/events.jsonl as a run's do. So the
 folder it leaves is a run like any other, and it resumes exactly like an interrupted one (steps
 run on one thread here: train.py with more threads sums in another order, to float rounding).
 """
@@ -31,6 +32,7 @@ from classifier.fitting import Run, end_epoch, save
 from classifier.loop import Step, TrainState, compute_loss, seeded_step, start_epoch
 from classifier.models import ACTIVATIONS
 from classifier.pictures import photos, weight_images
+from classifier.runs import EventLog
 from classifier.runtime import one_thread
 from classifier.train import setup
 
@@ -150,7 +152,7 @@ class Learner:
 
     def __init__(self, run: Run, settings: LearnSettings):
         self.run, self.settings, self.state = run, settings, TrainState()
-        self.batches = Batches(*run.pipeline.train_inputs, run.config.batch_size, shuffle=True, drop_last=True)
+        self.batches = Batches(*run.pipeline.train_inputs, run.plan.batch_size, shuffle=True, drop_last=True)
         self.order = None  # this pass's batches, as train_one_epoch draws them
         self.labels = layer_labels(run.trainer.model)
         self.initial = first_layer_weights(run.trainer.model, run.preprocessing.image_size)
@@ -163,7 +165,7 @@ class Learner:
         """Set up a run on a folder of photos (train.py's layouts) writing to `out`."""
         config = settings.check().config(photos, out)
         torch.manual_seed(config.seed)  # the initial weights, as train.py draws them
-        return cls(setup(config, None, distributed.start(config.device)), settings)
+        return cls(setup(config, None, distributed.start(config.device), EventLog(out)), settings)
 
     @property
     def model(self) -> nn.Module:
@@ -197,7 +199,7 @@ class Learner:
         seen: list[Step] = []
         began, epoch = time.perf_counter(), self.state.epoch
         try:
-            seeded_step(self.run.trainer, images, labels, self.state, seen.append)
+            seeded_step(self.run.trainer, images, labels, self.state, self.run.plan, seen.append)
         except ClassifierError:
             self.diverged = ("the error is no longer a number: the weights grew without bound (diverged). "
                              "Start again with a smaller learning rate")
@@ -232,9 +234,9 @@ class Learner:
         a normal run, to the settings' number of passes; returns its path."""
         if self.diverged:
             raise ClassifierError(self.diverged)
-        config = self.run.config
-        if self.state.epoch >= config.epochs:
-            raise ClassifierError(f"this run has already made its {config.epochs} passes over the photos; "
+        epochs = self.run.plan.epochs
+        if self.state.epoch >= epochs:
+            raise ClassifierError(f"this run has already made its {epochs} passes over the photos; "
                                   f"start a new one with more")
         save(self.run, self.state, "last.pt", self.metrics, with_state=True)
         return self.run.out / "last.pt"

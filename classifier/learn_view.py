@@ -77,7 +77,7 @@ def iteration_json(shown: Iteration, classes: list[str]) -> dict:
               "probabilities": numbers(probabilities), "target": numbers(target)}
              for photo, label, outputs, probabilities, target in
              zip(shown.photos, shown.labels, shown.outputs, shown.probabilities, shown.targets)]
-    validation = shown.validation and {"epoch": shown.validation["epoch"],
+    validation = "val_accuracy" in shown.validation and {"epoch": shown.validation["epoch"],
                                        "accuracy": number(shown.validation["val_accuracy"]),
                                        "error": number(shown.validation["val_loss"])}
     return {"iteration": shown.iteration, "epoch": shown.epoch, "batch": batch, "error": number(shown.error),

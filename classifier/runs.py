@@ -4,6 +4,9 @@
                           and accuracy after evaluated epochs (--eval-every)
   val_predictions.jsonl   one line per validation image, from the best checkpoint's epoch:
                           path, true label, the probability of every class
+  events.jsonl            one line per event of the run as it happens (fitting.Run.emit): start,
+                          plan, step (at most twice a second), epoch, end, stopped, error; what a
+                          page or a program follows while the run goes on
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -24,11 +28,43 @@ from classifier.tta import decode_sizes
 
 METRICS_FILE = "metrics.jsonl"
 PREDICTIONS_FILE = "val_predictions.jsonl"
+EVENTS_FILE = "events.jsonl"
 
 
 def append_metrics(run_dir: str | Path, metrics: dict) -> None:
     with open(Path(run_dir) / METRICS_FILE, "a") as log:
         log.write(json.dumps(metrics) + "\n")
+
+
+class EventLog:
+    """A listener for a run's events: each one a JSON line of run_dir/events.jsonl, written as it
+    happens (a new run starts the file afresh, a resumed one appends), and handed on to `also`."""
+
+    def __init__(self, run_dir: str | Path, append: bool = False, also: Callable[[dict], None] | None = None):
+        self.path, self.mode, self.also = Path(run_dir) / EVENTS_FILE, "a" if append else "w", also
+
+    def __call__(self, event: dict) -> None:
+        try:
+            with open(self.path, self.mode) as log:
+                log.write(json.dumps(event) + "\n")
+            self.mode = "a"
+        except OSError:  # no folder yet (the run failed before making it): the event still reaches `also`
+            if event["event"] != "error":
+                raise
+        if self.also:
+            self.also(event)
+
+
+def read_events(run_dir: str | Path) -> list[dict]:
+    """The events of run_dir's latest run so far (a line still being written is left out)."""
+    path = Path(run_dir) / EVENTS_FILE
+    events = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return events
 
 
 def write_predictions(run_dir: str | Path, val_sizes: list[DecodedImages], tta: bool = False,

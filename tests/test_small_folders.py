@@ -68,5 +68,5 @@ def test_min_steps_gives_a_small_folder_more_epochs(breeds, tmp_path, capsys):
     out = tmp_path / "run"
     assert train_main(train_args(breeds, out, tmp_path / "cache", "--epochs", 1, "--min-steps", 6, "--folds", 0)) == 0
     assert "1 step(s) an epoch: training 6 epochs for at least 6 steps (--min-steps)" in capsys.readouterr().out
-    assert load_checkpoint(out / "last.pt")["config"]["epochs"] == 6
+    assert load_checkpoint(out / "last.pt")["plan"]["epochs"] == 6
     assert not (out / "cross_validation.json").exists()
