@@ -171,10 +171,10 @@ class Inside:
     def gradcam(self, source: Source, name: str | None = None, target: int | None = None) -> tuple[Explanation, bytes]:
         """Grad-CAM for a photo (gradcam.py), and the photo with the heatmap over it as PNG bytes."""
         image = self.classifier.preprocessing.decode(source, name)
-        with self.tracing:
+        with self.tracing, one_thread():
             explanation = explain_tensor(self.model, self.classifier.preprocessing, image, target,
                                          self.classifier.temperature)
-        return explanation, overlay_png(explanation, display_photo(self.classifier, source))
+            return explanation, overlay_png(explanation, display_photo(self.classifier, source))
 
     def top_patches(self, layer: int, channel: int, count: int = TOP) -> list[Patch]:
         """The `count` training photos in which a channel responds most strongly, each cut to
@@ -231,10 +231,12 @@ class Inside:
         return Path(self.cache_dir) / f"inside-{weights}-{photos}.pt"
 
     def strongest_responses(self, decoded: DecodedImages) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """One forward pass over the photos: each channel's largest value in each photo, and where."""
+        """One forward pass over the photos: each channel's largest value in each photo, and where.
+        On one thread: in the studio it shares the machine with training runs and the page, and
+        there two threads waiting on each other took twice as long (benchmarks/learn.py)."""
         values, positions = [[] for _ in self.layers], [[] for _ in self.layers]
         for start in progress(range(0, len(decoded), BATCH), "strongest responses of each channel", unit="batch"):
-            with torch.inference_mode():
+            with torch.inference_mode(), one_thread():
                 _, layers = self.trace(decoded.images[start:start + BATCH])
             for index, layer in enumerate(layers):
                 output = layer.output.float()

@@ -58,14 +58,16 @@ def map_images(maps: torch.Tensor, low: float | None = None, high: float | None 
 
 
 def png(image: torch.Tensor) -> bytes:
-    """[h, w, 3], [h, w, 1] or [h, w], uint8 or float in [0, 1] -> PNG bytes."""
-    image = image.detach().cpu()
-    if image.is_floating_point():
-        image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
+    """[h, w, 3], [h, w, 1] or [h, w], uint8 or float in [0, 1] -> PNG bytes. In numpy: a page asks
+    for dozens of small ones a step, and a torch operation on a busy machine can wait milliseconds
+    for its threads."""
+    pixels = image.detach().cpu().numpy()
+    if pixels.dtype != np.uint8:
+        pixels = (np.clip(pixels, 0, 1) * 255).round().astype(np.uint8)
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image.numpy())).save(buffer, format="PNG", compress_level=1)
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
