@@ -96,7 +96,7 @@ class Inside:
         self.classifier, self.path, self.photos, self.config, self.cache_dir = classifier, path, photos, config, cache_dir
         self.tracing, self.finding = threading.Lock(), threading.Lock()  # one traced pass; one search of the photos
         size = classifier.preprocessing.image_size
-        with torch.inference_mode():
+        with torch.inference_mode(), one_thread():
             _, self.layers = self.trace(torch.zeros(1, 3, size, size, dtype=torch.uint8))
         self._maxima: Maxima | None = None
 
