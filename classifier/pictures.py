@@ -6,7 +6,8 @@
     png(image), data_url(image) an image ([h, w, 3] or [h, w], uint8 or float in [0, 1]) -> PNG
     png_url(data)               PNG bytes -> a data URL for an <img>
 
-No matplotlib: a page asks for dozens of these a second.
+No matplotlib, and numpy rather than torch for the arithmetic: a page asks for dozens of these a
+second, and on a busy machine each small torch operation can wait milliseconds for its threads.
 """
 
 from __future__ import annotations
@@ -26,41 +27,41 @@ VIRIDIS = torch.tensor([[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142
 def photos(inputs: torch.Tensor, mean, std) -> torch.Tensor:
     """Normalized images [N, 3, h, w] back to uint8 pixels [N, h, w, 3]."""
     shape = (1, 3, 1, 1)
-    pixels = inputs.detach().float().cpu() * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
-    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    pixels = inputs.detach().float().cpu().numpy() * np.reshape(std, shape) + np.reshape(mean, shape)
+    return torch.from_numpy((np.clip(pixels, 0, 1) * 255).round().astype(np.uint8).transpose(0, 2, 3, 1).copy())
 
 
 def weight_images(weights: torch.Tensor) -> torch.Tensor:
     """[n, c, h, w] weights -> [n, h, w, 3 or 1] images in [0, 1], zero at gray: each image is
     scaled by its own largest magnitude, so its sign pattern (light vs dark) shows."""
-    weights = weights.detach().float().cpu()
+    weights = weights.detach().float().cpu().numpy()
     if weights.shape[1] != 3:
         weights = weights[:, :1]  # not RGB (say, a grouped convolution): its first input channel
-    scale = weights.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
-    return (0.5 + 0.5 * weights / scale).permute(0, 2, 3, 1)
+    scale = np.maximum(np.abs(weights).max(axis=(1, 2, 3), keepdims=True), 1e-12)
+    return torch.from_numpy((0.5 + 0.5 * weights / scale).transpose(0, 2, 3, 1).copy())
 
 
-def colour(values: torch.Tensor) -> torch.Tensor:
-    """Values in [0, 1] (any shape) -> uint8 viridis colours (shape + [3])."""
-    position = values.float().clamp(0, 1) * (len(VIRIDIS) - 1)
-    low = position.floor().long().clamp(max=len(VIRIDIS) - 2)
+def colour(values: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Values in [0, 1] (any shape) -> uint8 viridis colours (shape + [3]). In numpy, as below."""
+    values = values.detach().float().cpu().numpy() if isinstance(values, torch.Tensor) else values
+    position = np.clip(values, 0, 1) * (len(VIRIDIS) - 1)
+    low = np.minimum(np.floor(position).astype(np.int64), len(VIRIDIS) - 2)
     share = (position - low)[..., None]
-    return (VIRIDIS[low] * (1 - share) + VIRIDIS[low + 1] * share).round().to(torch.uint8)
+    anchors = VIRIDIS.numpy()
+    return torch.from_numpy((anchors[low] * (1 - share) + anchors[low + 1] * share).round().astype(np.uint8))
 
 
 def map_images(maps: torch.Tensor, low: float | None = None, high: float | None = None) -> torch.Tensor:
     """Feature maps [channels, h, w] -> uint8 [channels, h, w, 3] on one colour scale for all
     channels (from the smallest value, or 0, to the largest), so brighter is stronger across them."""
-    maps = maps.detach().float().cpu()
-    low = min(0.0, maps.min().item()) if low is None else low
-    high = maps.max().item() if high is None else high
+    maps = maps.detach().float().cpu().numpy()
+    low = min(0.0, float(maps.min())) if low is None else low
+    high = float(maps.max()) if high is None else high
     return colour((maps - low) / max(high - low, 1e-12))
 
 
 def png(image: torch.Tensor) -> bytes:
-    """[h, w, 3], [h, w, 1] or [h, w], uint8 or float in [0, 1] -> PNG bytes. In numpy: a page asks
-    for dozens of small ones a step, and a torch operation on a busy machine can wait milliseconds
-    for its threads."""
+    """[h, w, 3], [h, w, 1] or [h, w], uint8 or float in [0, 1] -> PNG bytes."""
     pixels = image.detach().cpu().numpy()
     if pixels.dtype != np.uint8:
         pixels = (np.clip(pixels, 0, 1) * 255).round().astype(np.uint8)
