@@ -92,6 +92,7 @@ def page_rate(url: str, model: str, seconds: float) -> float:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         page.goto(f"{url}/projects/pets/learn")
+        page.wait_for_selector("#learn[data-ready]")
         if not page.locator("#settings").is_visible():
             page.click("#again")
         page.check(f'input[name="model"][value="{model}"]')

@@ -61,6 +61,7 @@ def keep_screenshot(page, name: str, tmp_path: Path) -> None:
 
 def test_step_five_times_and_watch_the_numbers_and_weights_change(page, server, tmp_path):
     page.goto(server + "/learn")
+    page.wait_for_selector("#learn[data-ready]")
     if not page.locator("#settings").is_visible():
         page.click("#again")
     page.click("#start")
@@ -87,6 +88,7 @@ def test_inside_a_trained_run_for_a_photo_and_a_channels_top_patches(page, serve
         for _ in range(3 * run["steps_per_pass"]):
             api.post("/learn/step")
     page.goto(server + "/inside")
+    page.wait_for_selector("#inside[data-ready]")
     page.select_option("#run", run["run"])
     page.click("#look")
     expect(page.locator("#maps button").first).to_be_visible(timeout=60_000)

@@ -326,5 +326,5 @@
   });
   $("previous").addEventListener("click", () => showLayer(shownLayer.index, shownLayer.page - 1));
   $("next").addEventListener("click", () => showLayer(shownLayer.index, shownLayer.page + 1));
-  loadChoices().catch((error) => say(error.message, true));
+  loadChoices().catch((error) => say(error.message, true)).finally(() => { root.dataset.ready = "true"; });
 })();

@@ -268,5 +268,6 @@
     say("Change what you like and start again from random weights.");
   });
   showModelFields();
-  call("/state").then((state) => { if (state.started) started(state); }).catch((error) => say(error.message, true));
+  call("/state").then((state) => { if (state.started) started(state); }).catch((error) => say(error.message, true))
+    .finally(() => { root.dataset.ready = "true"; });
 })();
