@@ -3,10 +3,10 @@ shown a second, any layer inside in at most 1 s, a channel's top patches in at m
 
     python -m benchmarks.learn [--data ../shared/data/catsdogs] [--seconds 10]
 
-Makes a project of --data's training photos (photos/<class>/, linked), then
-  Learn    for the page's default MLP and convnet: steps a second through the API (the route's
+Makes a studio project of --data's training photos (copied), then
+  Learn    for the tab's default MLP and convnet: steps a second through the API (the route's
            step, its numbers and pictures as JSON), and in a real headless Chromium playing at
-           full pace, the page redrawing after every step;
+           full pace, the studio's page redrawing after every step;
   Inside   for a run of each, and for the from-scratch recipe's network (one epoch of train.py on
            the project): one photo through every layer with Grad-CAM (the look), then every
            layer's first page of channels; and the top patches of a channel: the first time (one
@@ -18,6 +18,7 @@ Writes its section of benchmarks/RESULTS.md, per CPU class.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import threading
@@ -26,51 +27,46 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 from fastapi.testclient import TestClient
 from playwright.sync_api import expect, sync_playwright
 
 from benchmarks.common import REPO, class_tag, cpu_class, run_command, write_section
-from classifier import inside_view, learn_view
+from classifier.projects import Project
+from classifier.studio import create_app
+from classifier.workspace import Workspace
 
-MODELS = {"mlp": {"model": "mlp"}, "convnet": {"model": "convnet", "lr": 0.05}}  # the page's defaults
+MODELS = {"mlp": {"model": "mlp"}, "convnet": {"model": "convnet", "lr": 0.05}}  # the tab's defaults
 CHROMIUM = "/usr/bin/chromium"
+ORIGIN = "http://127.0.0.1"
+API = "/api/projects/pets"
 
 
 def make_project(data: Path, root: Path) -> Path:
-    """root/pets/photos/<class>/: links to every training photo of data/train/<class>/."""
-    project = root / "pets"
+    """A studio project under root: a copy of every training photo of data/train/<class>/."""
+    project = Project.create(root, "pets")
     for folder in sorted(p for p in (data / "train").iterdir() if p.is_dir()):
-        (project / "photos" / folder.name).mkdir(parents=True)
-        for photo in folder.iterdir():
-            (project / "photos" / folder.name / photo.name).symlink_to(photo.resolve())
-    (project / "runs").mkdir()
-    return project
+        shutil.copytree(folder, project.folder / "photos" / folder.name)
+    return project.folder
 
 
-def app_for(project: Path) -> FastAPI:
-    """The Learn and Inside routers over the one project, with the pages' static files."""
-    app = FastAPI()
-    folder = lambda name: project  # noqa: E731
-    app.include_router(learn_view.router(folder, start_training=lambda arguments: None))
-    app.include_router(inside_view.router(folder))
-    app.mount("/static", StaticFiles(directory=learn_view.STATIC), name="static")
-    return app
+def client(root: Path) -> TestClient:
+    """The studio's app over root, as its page talks to it (same origin): a newly started server."""
+    return TestClient(create_app(Workspace(root)), base_url=ORIGIN, headers={"origin": ORIGIN})
 
 
-def api_rate(client: TestClient, settings: dict, seconds: float) -> dict:
+def api_rate(http: TestClient, project: Path, settings: dict, seconds: float) -> dict:
     """Steps a second through the API's step route, for `seconds` after a short warm-up; then
     steps on until the run has finished a pass over the photos (so that it has a best.pt)."""
-    run = client.post("/projects/pets/learn/start", json=settings).json()["run"]
+    run = http.post(f"{API}/learn/start", json=settings).json()["run"]
     for _ in range(3):
-        client.post("/projects/pets/learn/step")
+        http.post(f"{API}/learn/step")
     times, started = [], time.perf_counter()
     while time.perf_counter() - started < seconds:
         began = time.perf_counter()
-        assert client.post("/projects/pets/learn/step").status_code == 200
+        assert http.post(f"{API}/learn/step").status_code == 200
         times.append(time.perf_counter() - began)
-    while not (client.app.state.project / "runs" / run / "best.pt").exists():
-        client.post("/projects/pets/learn/step")
+    while not (project / "runs" / run / "best.pt").exists():
+        http.post(f"{API}/learn/step")
     return {"run": run, "rate": len(times) / (time.perf_counter() - started), "median": statistics.median(times),
             "slowest": max(times)}
 
@@ -91,22 +87,22 @@ def page_rate(url: str, model: str, seconds: float) -> float:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1100, "height": 900})
-        page.goto(f"{url}/projects/pets/learn")
+        page.goto(f"{url}/#/p/pets/learn")
         page.wait_for_selector("#learn[data-ready]")
-        if not page.locator("#settings").is_visible():
-            page.click("#again")
-        page.check(f'input[name="model"][value="{model}"]')
-        page.click("#start")
-        expect(page.locator("#controls")).to_be_visible(timeout=300_000)
-        page.select_option("#pace", "0")
-        page.click("#step")
-        expect(page.locator("#iteration")).to_have_text("1", timeout=60_000)
+        if not page.locator("#learn-settings").is_visible():
+            page.click("#learn-again")
+        page.check(f'#learn input[name="model"][value="{model}"]')
+        page.click("#learn-start")
+        expect(page.locator("#learn-controls")).to_be_visible(timeout=300_000)
+        page.select_option("#learn-pace", "0")
+        page.click("#learn-step")
+        expect(page.locator("#learn-iteration")).to_have_text("1", timeout=60_000)
         started = time.perf_counter()
-        page.click("#play")
+        page.click("#learn-play")
         time.sleep(seconds)
-        page.click("#pause")
-        expect(page.locator("#play")).to_be_enabled(timeout=60_000)
-        shown = int(page.locator("#iteration").text_content()) - 1
+        page.click("#learn-pause")
+        expect(page.locator("#learn-play")).to_be_enabled(timeout=60_000)
+        shown = int(page.locator("#learn-iteration").text_content()) - 1
         rate = shown / (time.perf_counter() - started)
         browser.close()
     return rate
@@ -119,19 +115,18 @@ def timed(call):
     return time.perf_counter() - began, response.json()
 
 
-def inside_times(project: Path, run: str) -> dict:
+def inside_times(root: Path, run: str) -> dict:
     """A channel's top patches the first time (the pass over the training photos); then a look at
     a photo and every layer's first page; then each layer's top patches from the cache, as a newly
     started server reads it."""
-    channel = "/projects/pets/inside/channel?run={run}&layer={layer}&channel=0"
-    client = TestClient(app_for(project))
-    first, _ = timed(lambda: client.get(channel.format(run=run, layer=1)))
-    photo = "cat/" + sorted(p.name for p in (project / "photos" / "cat").iterdir())[0]
-    look_seconds, look = timed(lambda: client.post("/projects/pets/inside/look", data={"run": run, "photo": photo}))
+    channel = API + "/inside/channel?run={run}&layer={layer}&channel=0"
+    http = client(root)
+    first, _ = timed(lambda: http.get(channel.format(run=run, layer=1)))
+    photo = http.get(f"{API}/inside/photos").json()["cat"][0]
+    look_seconds, look = timed(lambda: http.post(f"{API}/inside/look", data={"run": run, "photo": photo}))
     layers = [layer["index"] for layer in look["layers"]]
-    pages = [timed(lambda: client.get(f"/projects/pets/inside/looks/{look['look']}/layers/{layer}"))[0]
-             for layer in layers]
-    fresh = TestClient(app_for(project))
+    pages = [timed(lambda: http.get(f"{API}/inside/looks/{look['look']}/layers/{layer}"))[0] for layer in layers]
+    fresh = client(root)
     channels = [timed(lambda: fresh.get(channel.format(run=run, layer=layer)))[0] for layer in layers]
     return {"look": look_seconds, "page": max(pages), "layers": len(layers), "first": first, "cached": max(channels)}
 
@@ -139,7 +134,7 @@ def inside_times(project: Path, run: str) -> dict:
 def recipe_run(project: Path) -> str:
     """One epoch of the from-scratch recipe's network on the project: `python train.py`."""
     run_command(["train.py", "--data", str(project / "photos"), "--out", str(project / "runs" / "recipe"),
-                 "--epochs", "1", "--folds", "0"])
+                 "--epochs", "1", "--folds", "0"])  # as the studio's Train tab runs it, with one epoch
     return "recipe"
 
 
@@ -151,24 +146,22 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="learn-benchmark-") as root:
         project = make_project(Path(args.data), Path(root))
-        app = app_for(project)
-        app.state.project = project
         photos = sum(1 for _ in (project / "photos").rglob("*.*"))
         learn_rows, inside_rows, runs = [], [], {}
-        with TestClient(app) as client:
+        with client(Path(root)) as http:
             for name, settings in MODELS.items():
-                rate = api_rate(client, settings, args.seconds)
+                rate = api_rate(http, project, settings, args.seconds)
                 runs[name] = rate["run"]
                 print(name, rate, flush=True)
                 learn_rows.append((name, rate))
-        server, url = serve(app)
+        server, url = serve(create_app(Workspace(Path(root))))
         try:
             shown = {name: page_rate(url, settings["model"], args.seconds) for name, settings in MODELS.items()}
         finally:
             server.should_exit = True
         runs["recipe"] = recipe_run(project)
         for name, run in runs.items():
-            times = inside_times(project, run)
+            times = inside_times(Path(root), run)
             print(name, times, flush=True)
             inside_rows.append((name, times))
     write_section(f"learn-{class_tag()}", f"Learn and Inside pages ({cpu_class()})",
@@ -176,12 +169,12 @@ def main() -> None:
 
 
 def report(photos: int, learn_rows: list, shown: dict, inside_rows: list) -> str:
-    names = {"mlp": "MLP, the page's default (32 px, a hidden layer of 32)",
-             "convnet": "convnet, the page's default (32 px, 8-16-32 channels)",
+    names = {"mlp": "MLP, the Learn tab's default (32 px, a hidden layer of 32)",
+             "convnet": "convnet, the Learn tab's default (32 px, 8-16-32 channels)",
              "recipe": "the from-scratch recipe's convnet (one epoch of `train.py`)"}
-    lines = [f"A project of {photos} photos (catsdogs' train/, 80% of them training photos). Steps shown a second: "
+    lines = [f"A studio project of {photos} photos (catsdogs' train/, 80% of them training photos). Steps shown a second: "
              "through the API's step route (one iteration, its numbers and pictures as JSON), and in headless "
-             "Chromium playing at full pace, redrawing the page after each (target: at least 5).", "",
+             "Chromium playing at full pace, the studio's Learn tab redrawn after each (target: at least 5).", "",
              "| network | API: steps/s (median, slowest step) | page in Chromium: steps/s |", "|---|---|---|"]
     lines += [f"| {names[name]} | {rate['rate']:.1f} ({1000 * rate['median']:.0f} ms, {1000 * rate['slowest']:.0f} ms "
               f"with a pass's validation) | {shown[name]:.1f} |" for name, rate in learn_rows]

@@ -38,10 +38,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, classes: list[str], prep
     Weights that hold NaN or infinity are refused, so a diverged run never replaces a good file.
     """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    broken = [k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+    broken = nonfinite(model.state_dict())
     if broken:
         raise ClassifierError(
-            f"{path}: not saved, the weights hold NaN or infinite values (e.g. {broken[0]}); the "
+            f"{path}: not saved, the weights hold NaN or infinite values (e.g. {broken}); the "
             f"previous file is kept. Training diverged: try a lower --lr")
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
@@ -54,6 +54,16 @@ def save_checkpoint(path: str | Path, model: nn.Module, classes: list[str], prep
         **extra,
     }
     atomic_save(checkpoint, path)
+
+
+def nonfinite(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The name of a floating-point tensor that holds NaN or infinity, or None. All tensors are
+    checked in one pass (one check per tensor costs hundreds of small operations a save: on a
+    busy CPU, more than the rest of a short epoch)."""
+    floats = {name: value for name, value in state_dict.items() if value.is_floating_point()}
+    if not floats or torch.cat([value.reshape(-1).float() for value in floats.values()]).isfinite().all():
+        return None
+    return next(name for name, value in floats.items() if not value.isfinite().all())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -76,7 +76,8 @@ class TrainConfig:
     time_budget: float = recipe_option("minutes the whole run may take from process start: the first steps are "
                                        "timed and as many epochs as fit are trained, at most --epochs (0: no "
                                        "budget; 0 when --epochs is given: exactly that many epochs)")
-    min_steps: int = recipe_option("at least this many optimizer steps: more epochs for a small folder "
+    min_steps: int = recipe_option("at least this many optimizer steps: a small folder's epochs pass over its "
+                                   "photos several times "
                                    "(0 when --epochs is given: exactly that many epochs)")
     batch_size: int = recipe_option("images per step (per process under torchrun: the global batch is N times larger)")
     augment: bool = option(True, "random resized crops and flips while training")

@@ -74,9 +74,24 @@ def pooled_inputs(config: TrainConfig, dataset: Dataset, session: distributed.Se
     return (features, evaluated), features.labels, preprocessing
 
 
-def cross_validate(config: TrainConfig, dataset: Dataset, session: distributed.Session, folds: int) -> dict:
-    """The out-of-fold accuracy of the run's recipe: overall, per fold and per class."""
-    inputs, labels, preprocessing = pooled_inputs(config, dataset, session)
+def reused_inputs(run: Run | None):
+    """The pooled photos' features from the run's own, train then val, when the run computed them
+    as pooled_inputs would (one view of each photo at one size: the probe recipe); else None."""
+    if run is None or run.pipeline.features is None:
+        return None
+    train, val = run.pipeline.features
+    if train.values.shape[1] != 1 or len(val) != 1 or val[0].values.shape[1] != 1:
+        return None
+    pooled = Features(torch.cat([train.values, val[0].values]), torch.cat([train.labels, val[0].labels]),
+                      train.paths + val[0].paths)
+    return (pooled, [pooled]), pooled.labels, run.preprocessing
+
+
+def cross_validate(config: TrainConfig, dataset: Dataset, session: distributed.Session, folds: int,
+                   run: Run | None = None) -> dict:
+    """The out-of-fold accuracy of the run's recipe: overall, per fold and per class. With the
+    `run` it estimates, the frozen network's pass over the photos is not made twice."""
+    inputs, labels, preprocessing = reused_inputs(run) or pooled_inputs(config, dataset, session)
     fold_of, predicted = stratified_folds(labels, folds, config.seed), torch.zeros_like(labels)
     for fold in progress(range(folds), f"{folds}-fold cross-validation", unit="fold"):
         held = fold_of == fold

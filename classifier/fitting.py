@@ -39,7 +39,7 @@ from classifier.models import create_model, model_arguments, model_entry
 from classifier.neither import neither_rule
 from classifier.plan import Plan
 from classifier.runs import append_metrics
-from classifier.runtime import grad_scaler, memory_format
+from classifier.runtime import grad_scaler, memory_format, one_thread
 from classifier.tta import average, decodings, model_outputs
 
 
@@ -94,6 +94,8 @@ class Pipeline:
     module: Callable  # what `forward` computes, unwrapped (no DistributedDataParallel): FLOPs are counted on it
     setup_flops: float = 0.0  # work done before the first step (the frozen pass over every photo)
     bank: torch.Tensor | None = None  # the training photos' ImageNet features, for the neither rule
+    small_steps: bool = False  # a step is a few tiny operations (a linear probe): run on one thread
+    features: tuple | None = None  # the cached features (train, [val at each size]): cross-validation reuses them
 
 
 def image_pipeline(config: TrainConfig, trainee: nn.Module, preprocessing: Preprocessing, crops: Augmentation | None,
@@ -124,7 +126,7 @@ def feature_pipeline(config: TrainConfig, model: nn.Module, preprocessing: Prepr
     val_features = [compute_features(model, v.decoded(), preprocessing, device, flip=config.tta,
                                      precision=config.precision, desc="features of val") for v in val]
     pipeline = pipeline_on_features(model, features, val_features, preprocessing.tta_below)
-    pipeline.bank = imagenet_bank(model, features, device)
+    pipeline.bank, pipeline.features = imagenet_bank(model, features, device), (features, val_features)
     pipeline.setup_flops = sum(frozen_flops(model, split.images.shape[-1], device) * f.values.shape[0] * f.values.shape[1]
                                for f, split in zip([features, *val_features], [train, *val]))
     return pipeline
@@ -141,8 +143,10 @@ def imagenet_bank(model: nn.Module, features: Features, device: torch.device, ba
 
 
 def count_flops(function: Callable, *args) -> float:
-    """Floating-point operations of one call (torch.utils.flop_counter), without gradients."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    """Floating-point operations of one call (torch.utils.flop_counter), without gradients; the
+    total only (depth 0: no per-module tally, which made counting a pretrained network's pass
+    take 10x its time)."""
+    with torch.no_grad(), FlopCounterMode(display=False, depth=0) as counter:
         function(*args)
     return float(counter.get_total_flops())
 
@@ -183,8 +187,10 @@ def pipeline_on_features(model: nn.Module, train: Features, val: list[Features],
     def logits_of(inference_model):
         return lambda sizes: average(lambda f: (inference_model.tail(f),), feature_views(sizes), tta_below)[0]
 
+    probe = model.frozen_stages == len(model.stages)  # every stage frozen: only the output layer trains
     return Pipeline(train.examples(), [(f.values, f.labels) for f in val],
-                    lambda x, labels, generator, size: (x.float(), labels), model.tail, logits_of, model.tail)
+                    lambda x, labels, generator, size: (x.float(), labels), model.tail, logits_of, model.tail,
+                    small_steps=probe)
 
 
 STEP_EVENT_SECONDS = 0.5  # step events at most this often (and after each epoch's last step)
@@ -347,7 +353,9 @@ def step_events(run: Run, state: TrainState, started: float) -> Callable[[TrainS
 
 
 def fit(run: Run, state: TrainState, stop: StopSignal, started: float) -> dict:
-    """The epochs, from where `state` is to the last planned one; returns the last epoch's metrics."""
+    """The epochs, from where `state` is to the last planned one; returns the last epoch's metrics.
+    Tiny steps (a linear probe) run on one thread: on a busy CPU each of their operations otherwise
+    waits for a second thread, 10-20x slower (runtime.one_thread)."""
     plan, session, metrics = run.plan, run.session, {}
     run.emit("start", epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch, batch_size=plan.batch_size,
              images=len(run.pipeline.train_inputs[1]), classes=run.classes, model=run.config.model,
@@ -355,16 +363,17 @@ def fit(run: Run, state: TrainState, stop: StopSignal, started: float) -> dict:
     if plan.reason:
         run.emit("plan", epochs=plan.epochs, reason=plan.reason)
     batches = Batches(*run.pipeline.train_inputs, plan.batch_size, shuffle=True, drop_last=True,
-                      rank=session.rank, world_size=session.world_size)
+                      rank=session.rank, world_size=session.world_size, passes=plan.passes)
     on_step = step_events(run, state, time.perf_counter())
-    while state.epoch < plan.epochs:
-        epoch_started = time.perf_counter()
-        if not train_one_epoch(run.trainer, batches, state, stop, plan, session.is_main and run.out is not None,
-                               on_step):
-            stop_here(run, state, metrics, stop.requested)
-        metrics = end_epoch(run, state, time.perf_counter() - epoch_started, started)
-        if distributed.any_rank(stop.requested) and state.epoch < plan.epochs:
-            stop_here(run, state, metrics, stop.requested)
+    with one_thread() if run.pipeline.small_steps else contextlib.nullcontext():
+        while state.epoch < plan.epochs:
+            epoch_started = time.perf_counter()
+            if not train_one_epoch(run.trainer, batches, state, stop, plan, session.is_main and run.out is not None,
+                                   on_step):
+                stop_here(run, state, metrics, stop.requested)
+            metrics = end_epoch(run, state, time.perf_counter() - epoch_started, started)
+            if distributed.any_rank(stop.requested) and state.epoch < plan.epochs:
+                stop_here(run, state, metrics, stop.requested)
     run.emit("end", best_epoch=state.best_epoch, best_accuracy=state.best_accuracy, epochs=plan.epochs)
     return metrics
 

@@ -262,8 +262,9 @@ def cache_key(paths, labels, preprocessing: Preprocessing) -> str:
     return digest.hexdigest()[:20]
 
 
-def walk_images(folder: Path) -> list[str]:
-    """Image files below folder, sorted; follows symlinks but never the same folder twice."""
+def walk_images(folder: Path, keep: Callable[[str], bool] = is_image_file) -> list[str]:
+    """Image files (or the files whose name `keep` accepts) below folder, sorted; follows
+    symlinks but never the same folder twice."""
     found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -272,7 +273,7 @@ def walk_images(folder: Path) -> list[str]:
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [os.path.join(dirpath, name) for name in filenames if is_image_file(name)]
+        found += [os.path.join(dirpath, name) for name in filenames if keep(name)]
     return sorted(found)
 
 

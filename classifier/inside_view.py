@@ -1,18 +1,17 @@
-"""The studio's Inside page and its API: any trained run of a project, any photo, every layer
+"""The studio's Inside tab and its API: any trained run of a project, any photo, every layer
 (inside.py does the work; this turns it into JSON and pictures for the page).
 
-  GET  /projects/{project}/inside                       the page
-  GET  /projects/{project}/inside/runs                  runs with a checkpoint, and the project's photos
-  POST /projects/{project}/inside/look                  form: run, checkpoint (best.pt), and photo
-                                                        ("class/file" of the project) or file (an
-                                                        upload) -> every layer, the output layer's
-                                                        values, softmax, temperature, calibrated
-                                                        probabilities, the answer, Grad-CAM, neurons
-  GET  /projects/{project}/inside/looks/{look}/layers/{layer}?page=N
-                                                        a page of a layer's channels (or values)
-  GET  /projects/{project}/inside/channel?run=&checkpoint=&layer=&channel=
-                                                        its kernel and the 9 training patches that
-                                                        excite it most
+  GET  /api/projects/ID/inside/photos                 the project's photos, by class, for the picker
+  POST /api/projects/ID/inside/look                   form: run, checkpoint (best.pt), and photo
+                                                      ("CLASS/FILE" of the project) or file (an
+                                                      upload) -> every layer, the output layer's
+                                                      values, softmax, temperature, calibrated
+                                                      probabilities, the answer, Grad-CAM, neurons
+  GET  /api/projects/ID/inside/looks/LOOK/layers/N?page=P
+                                                      a page of a layer's channels (or values)
+  GET  /api/projects/ID/inside/channel?run=&checkpoint=&layer=&channel=
+                                                      its weights and the 9 training patches that
+                                                      excite it most
 
 Opened checkpoints and recent looks are kept in memory (a few of each); after a look, every
 channel's strongest responses over the training photos are found in the background, so the
@@ -21,71 +20,43 @@ first click on a channel is quick too.
 
 from __future__ import annotations
 
-import re
 import threading
 import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
-from fastapi import APIRouter, File, Form, UploadFile
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from classifier.errors import ClassifierError
-from classifier.images import is_image_file
 from classifier.inside import Inside, Look
 from classifier.learn_view import number, numbers
 from classifier.pictures import data_url, map_images, png_url, weight_images
+from classifier.projects import Project
+from classifier.web import Area, changes_state
+from classifier.workspace import Opened
 
-STATIC = Path(__file__).with_name("static")
 CHECKPOINTS = ("best.pt", "last.pt")
 CHANNELS_PER_PAGE = 32
 VALUES_PER_PAGE = 256
 KERNEL_TILES = 16  # a deep layer's kernel: its strongest input channels shown
 OPEN, LOOKS = 4, 16  # checkpoints and looks kept in memory
-NAME = re.compile(r"^[^/\\\x00]+$")
 
 
-def child(folder: Path, name: str, what: str) -> Path:
-    """folder/name for a name a request gave: one plain component that exists, never a way out."""
-    if not NAME.match(name) or name in (".", "..") or name.startswith("."):
-        raise ClassifierError(f"not a {what}: {name!r}")
-    path = folder / name
-    if not path.exists():
-        raise ClassifierError(f"no {what} named {name!r} in this project")
-    return path
-
-
-def run_checkpoint(project: Path, run: str, checkpoint: str) -> Path:
+def run_checkpoint(project: Project, run: str, checkpoint: str) -> Path:
+    """A run's best.pt or last.pt (names checked by projects.py: never a way out of the project)."""
     if checkpoint not in CHECKPOINTS:
         raise ClassifierError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
-    path = child(project / "runs", run, "run") / checkpoint
+    path = project.run_folder(run) / checkpoint
     if not path.is_file():
         raise ClassifierError(f"run {run!r} has no {checkpoint} yet")
     return path
 
 
-def project_photo(project: Path, photo: str) -> Path:
-    """A photo of the project named "class/file"."""
-    name, _, file = photo.partition("/")
-    return child(child(project / "photos", name, "class"), file, "photo")
-
-
-def project_photos(project: Path, per_class: int = 200) -> dict[str, list[str]]:
-    """The first photos of each class, by name, for the page's picker."""
-    folder = project / "photos"
-    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
-    return {c.name: sorted(p.name for p in c.iterdir() if is_image_file(p.name))[:per_class] for c in classes}
-
-
-def trained_runs(project: Path) -> list[dict]:
-    """Runs with a checkpoint, newest first."""
-    runs = [r for r in (project / "runs").iterdir() if r.is_dir()] if (project / "runs").is_dir() else []
-    found = [(max((r / c).stat().st_mtime for c in CHECKPOINTS if (r / c).is_file()), r) for r in runs
-             if any((r / c).is_file() for c in CHECKPOINTS)]
-    return [{"run": r.name, "checkpoints": [c for c in CHECKPOINTS if (r / c).is_file()]}
-            for _, r in sorted(found, key=lambda pair: pair[0], reverse=True)]
+def project_photos(project: Project, per_class: int = 200) -> dict[str, list[str]]:
+    """The first photos of each class, as CLASS/FILE, for the page's picker."""
+    return {c["name"]: [p["path"] for p in project.photos(c["name"], limit=per_class)["photos"]]
+            for c in project.classes()}
 
 
 class Insides:
@@ -196,44 +167,38 @@ def channel_json(inside: Inside, layer: int, channel: int, photos: Path) -> dict
             "kernel": kernel, "patches": patches}
 
 
-def router(project_folder: Callable[[str], Path], dependencies: list | None = None) -> APIRouter:
-    """The Inside area. project_folder(name): the project's folder (raising for an unknown one);
-    dependencies: of the routes that change something (a look is kept: the studio's same-origin check)."""
-    api, insides = APIRouter(), Insides()
+INSIDES = Insides()
+inside = APIRouter(prefix="/api/projects/{project_id}/inside", dependencies=[Depends(changes_state)])
 
-    @api.get("/projects/{project}/inside", include_in_schema=False)
-    def page(project: str):
-        project_folder(project)
-        return FileResponse(STATIC / "inside.html")
 
-    @api.get("/projects/{project}/inside/runs")
-    def runs(project: str):
-        folder = project_folder(project)
-        return {"runs": trained_runs(folder), "photos": project_photos(folder)}
+@inside.get("/photos")
+def photos(project: Opened):
+    return project_photos(project)
 
-    @api.post("/projects/{project}/inside/look", dependencies=dependencies or [])
-    def look(project: str, run: str = Form(), checkpoint: str = Form("best.pt"), photo: str = Form(""),
-             file: UploadFile | None = File(None)):
-        folder = project_folder(project)
-        inside = insides.open(run_checkpoint(folder, run, checkpoint), folder / "photos")
-        if file is not None:
-            source, name = file.file.read(), file.filename or "upload"
-        elif photo:
-            source, name = project_photo(folder, photo), None
-        else:
-            raise ClassifierError("choose a photo of the project (photo=class/file) or send one (file)")
-        seen = inside.look(source, name)
-        return look_json(inside, seen, insides.remember(inside, seen), inside.gradcam(source, name))
 
-    @api.get("/projects/{project}/inside/looks/{name}/layers/{layer}")
-    def layer(project: str, name: str, layer: int, page: int = 0):
-        project_folder(project)
-        return layer_page(insides.look(name)[1], layer, page)
+@inside.post("/look")
+def look(project: Opened, run: str = Form(), checkpoint: str = Form("best.pt"), photo: str = Form(""),
+         file: UploadFile | None = File(None)):
+    opened = INSIDES.open(run_checkpoint(project, run, checkpoint), project.set_folder())
+    if file is not None:
+        source, name = file.file.read(), file.filename or "upload"
+    elif photo:
+        source, name = project.photo_path(photo), None
+    else:
+        raise ClassifierError("choose a photo of the project (photo=CLASS/FILE) or send one (file)")
+    seen = opened.look(source, name)
+    return look_json(opened, seen, INSIDES.remember(opened, seen), opened.gradcam(source, name))
 
-    @api.get("/projects/{project}/inside/channel")
-    def channel(project: str, run: str, layer: int, channel: int, checkpoint: str = "best.pt"):
-        folder = project_folder(project)
-        inside = insides.open(run_checkpoint(folder, run, checkpoint), folder / "photos")
-        return channel_json(inside, layer, channel, folder / "photos")
 
-    return api
+@inside.get("/looks/{name}/layers/{layer}")
+def layer(project: Opened, name: str, layer: int, page: int = 0):
+    return layer_page(INSIDES.look(name)[1], layer, page)
+
+
+@inside.get("/channel")
+def channel(project: Opened, run: str, layer: int, channel: int, checkpoint: str = "best.pt"):
+    opened = INSIDES.open(run_checkpoint(project, run, checkpoint), project.set_folder())
+    return channel_json(opened, layer, channel, project.set_folder())
+
+
+INSIDE = Area("inside", inside, tab="Inside", scripts=["inside.js"])

@@ -76,15 +76,15 @@ class LearnSettings:
             within("width", size)
         return self
 
-    def config(self, photos: str | Path, out: str | Path) -> TrainConfig:
-        """The TrainConfig of the run (resolved: every setting filled)."""
+    def config(self, photos: str | Path, out: str | Path, exclude: str = "") -> TrainConfig:
+        """The TrainConfig of the run (resolved: every setting filled); exclude: as train.py --exclude."""
         plain = dict(augment=False, weight_decay=0.0, label_smoothing=0.0, warmup_epochs=0.0, schedule="constant",
                      ema=0.0, dropout=0.0, tta=False, tta_sizes=(), tta_below=1.0, size_from=0, time_budget=0,
                      min_steps=0, folds=0, nesterov=False, optimizer="sgd", precision="fp32", stem_stride=1,
                      blocks=0, compile=False)
-        return TrainConfig(data=str(photos), out=str(out), model=self.model, lr=self.lr, hidden=tuple(self.hidden),
-                           channels=tuple(self.channels), activation=self.activation, loss=self.loss,
-                           momentum=self.momentum, batch_size=self.batch_size, image_size=self.image_size,
+        return TrainConfig(data=str(photos), out=str(out), exclude=exclude, model=self.model, lr=self.lr,
+                           hidden=tuple(self.hidden), channels=tuple(self.channels), activation=self.activation,
+                           loss=self.loss, momentum=self.momentum, batch_size=self.batch_size, image_size=self.image_size,
                            epochs=self.epochs, seed=self.seed, **plain).resolved()
 
 
@@ -152,7 +152,8 @@ class Learner:
 
     def __init__(self, run: Run, settings: LearnSettings):
         self.run, self.settings, self.state = run, settings, TrainState()
-        self.batches = Batches(*run.pipeline.train_inputs, run.plan.batch_size, shuffle=True, drop_last=True)
+        self.batches = Batches(*run.pipeline.train_inputs, run.plan.batch_size, shuffle=True, drop_last=True,
+                               passes=run.plan.passes)
         self.order = None  # this pass's batches, as train_one_epoch draws them
         self.labels = layer_labels(run.trainer.model)
         self.initial = first_layer_weights(run.trainer.model, run.preprocessing.image_size)
@@ -161,9 +162,11 @@ class Learner:
         self.diverged = ""
 
     @classmethod
-    def start(cls, photos: str | Path, out: str | Path, settings: LearnSettings = LearnSettings()) -> "Learner":
-        """Set up a run on a folder of photos (train.py's layouts) writing to `out`."""
-        config = settings.check().config(photos, out)
+    def start(cls, photos: str | Path, out: str | Path, settings: LearnSettings = LearnSettings(),
+              exclude: str = "") -> "Learner":
+        """Set up a run on a folder of photos (train.py's layouts) writing to `out`, leaving out
+        the photos `exclude` names (as train.py --exclude)."""
+        config = settings.check().config(photos, out, exclude)
         torch.manual_seed(config.seed)  # the initial weights, as train.py draws them
         return cls(setup(config, None, distributed.start(config.device), EventLog(out)), settings)
 

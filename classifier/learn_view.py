@@ -1,36 +1,33 @@
-"""The studio's Learn page and its API: a network learning on a project's photos, one step at a
+"""The studio's Learn tab and its API: a network learning on a project's photos, one step at a
 time (learn.py does the work; this turns it into JSON and pictures for the page).
 
-  GET  /projects/{project}/learn         the page
-  GET  /projects/{project}/learn/state   the learner's settings and pictures (started: false if none)
-  POST /projects/{project}/learn/start   JSON settings (learn.LearnSettings' fields) -> a new learner,
-                                         a run in the project's runs/learn-<time>/
-  POST /projects/{project}/learn/step    exactly one iteration -> its numbers and pictures
-  POST /projects/{project}/learn/train   hand over to train.py (--resume), as a normal run
+  GET  /api/projects/ID/learn         the learner's settings and pictures ({"started": false} if none)
+  POST /api/projects/ID/learn/start   JSON settings (learn.LearnSettings' fields) -> a new learner, a
+                                      run of the project (runs/learn-N/) on its photos, left-out ones
+                                      left out
+  POST /api/projects/ID/learn/step    exactly one iteration -> its numbers and pictures
+  POST /api/projects/ID/learn/train   hand over to train.py --resume, as the studio's training job
 
-One learner per project, kept in memory; steps run one at a time in a worker thread.
+One learner per project, kept in memory; a project's steps run one at a time.
 """
 
 from __future__ import annotations
 
-import datetime
 import math
 import shutil
-import subprocess
-import sys
 import threading
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Callable
 
-from fastapi import APIRouter, Body
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Body, Depends
 
 from classifier.errors import ClassifierError
+from classifier.jobs import Job, python_module
 from classifier.learn import Iteration, Learner, LearnSettings
 from classifier.pictures import data_url
-
-STATIC = Path(__file__).with_name("static")
+from classifier.projects import Project
+from classifier.web import Area, changes_state
+from classifier.workspace import Current, Opened
 
 
 def number(value: float) -> float | None:
@@ -44,6 +41,8 @@ def numbers(values) -> list:
 
 def settings_from(body: dict) -> LearnSettings:
     """LearnSettings from the page's JSON: known fields only, sizes as lists of whole numbers."""
+    if not isinstance(body, dict):
+        raise ClassifierError("the settings must be a JSON object")
     known = {f.name for f in fields(LearnSettings)}
     unknown = sorted(set(body) - known)
     if unknown:
@@ -63,10 +62,9 @@ def settings_from(body: dict) -> LearnSettings:
 def overview(learner: Learner, run: str) -> dict:
     """What the page draws before the first step: settings, classes, layers, first-layer pictures."""
     weights, learned = learner.first_layer()
-    config = learner.run.config
     return {"started": True, "run": run, "settings": asdict(learner.settings), "classes": learner.run.classes,
             "photos": len(learner.run.pipeline.train_inputs[1]), "steps_per_pass": len(learner.batches),
-            "batch_size": config.batch_size, "iteration": learner.iteration, "epoch": learner.state.epoch,
+            "batch_size": learner.run.plan.batch_size, "iteration": learner.iteration, "epoch": learner.state.epoch,
             "layers": list(learner.labels.values()), "first_layer": [data_url(w) for w in weights],
             "learned": [data_url(w) for w in learned], "diverged": learner.diverged}
 
@@ -78,20 +76,14 @@ def iteration_json(shown: Iteration, classes: list[str]) -> dict:
              for photo, label, outputs, probabilities, target in
              zip(shown.photos, shown.labels, shown.outputs, shown.probabilities, shown.targets)]
     validation = "val_accuracy" in shown.validation and {"epoch": shown.validation["epoch"],
-                                       "accuracy": number(shown.validation["val_accuracy"]),
-                                       "error": number(shown.validation["val_loss"])}
+                                                          "accuracy": number(shown.validation["val_accuracy"]),
+                                                          "error": number(shown.validation["val_loss"])}
     return {"iteration": shown.iteration, "epoch": shown.epoch, "batch": batch, "error": number(shown.error),
             "errors": {k: number(v) for k, v in shown.errors.items()},
             "layers": [{"label": layer.label, "gradient": number(layer.gradient), "change": number(layer.change),
                         "size": number(layer.size)} for layer in shown.layers],
             "first_layer": [data_url(w) for w in shown.first_layer], "learned": [data_url(w) for w in shown.learned],
             "diverged": shown.diverged, "validation": validation or None}
-
-
-def start_train(arguments: list[str]) -> None:
-    """The default hand-over: train.py in its own process, as the command line runs it."""
-    subprocess.Popen([sys.executable, "-m", "classifier.train", *arguments], stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 class Learners:
@@ -102,73 +94,79 @@ class Learners:
         self.locks: dict[Path, threading.Lock] = {}
         self.guard = threading.Lock()
 
-    def lock(self, project: Path) -> threading.Lock:
+    def lock(self, project: Project) -> threading.Lock:
         with self.guard:
-            return self.locks.setdefault(project, threading.Lock())
+            return self.locks.setdefault(project.folder, threading.Lock())
 
-    def get(self, project: Path) -> tuple[Learner, str]:
-        if project not in self.learners:
+    def get(self, project: Project) -> tuple[Learner, str]:
+        if project.folder not in self.learners:
             raise ClassifierError("no network is learning in this project yet: choose its settings and press Start")
-        return self.learners[project]
+        return self.learners[project.folder]
 
-    def start(self, project: Path, settings: LearnSettings) -> tuple[Learner, str]:
-        """A new learner in runs/learn-<date>-<time>/; the one it replaces leaves its run behind
-        if it saved anything (a pass over the photos finished), else nothing."""
-        if project in self.learners:
-            forget(self.learners.pop(project)[0].run.out)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run = next(name for name in (f"learn-{stamp}" + (f"-{n}" if n else "") for n in range(1000))
-                   if not (project / "runs" / name).exists())
-        learner = Learner.start(project / "photos", project / "runs" / run, settings)
-        self.learners[project] = (learner, run)
+    def start(self, project: Project, settings: LearnSettings) -> tuple[Learner, str]:
+        """A new learner in runs/learn-N/; the one it replaces leaves its run behind if it saved
+        anything (a pass over the photos finished), else nothing."""
+        if project.folder in self.learners:
+            forget(self.learners.pop(project.folder)[0].run.out)
+        taken, number = set(project.run_names()), 1
+        while f"learn-{number}" in taken:
+            number += 1
+        run = f"learn-{number}"
+        folder = project.run_folder(run, exists=False)
+        folder.mkdir(parents=True)
+        excluded = project.excluded_paths()
+        if excluded:  # as the Train tab's runs leave them out (studio_runs.train_command)
+            (folder / "excluded.txt").write_text("".join(f"{path}\n" for path in excluded))
+        try:
+            learner = Learner.start(project.set_folder(), folder, settings,
+                                    str(folder / "excluded.txt") if excluded else "")
+        except ClassifierError:
+            shutil.rmtree(folder)
+            raise
+        self.learners[project.folder] = (learner, run)
         return learner, run
 
 
 def forget(out: Path) -> None:
-    """Remove a learner's run folder if it holds nothing but the list of unreadable photos."""
-    if out.is_dir() and all(path.name == "skipped.txt" for path in out.iterdir()):
+    """Remove a learner's run folder if it holds nothing but what starting it wrote."""
+    if out.is_dir() and all(path.name in ("skipped.txt", "excluded.txt", "events.jsonl") for path in out.iterdir()):
         shutil.rmtree(out)
 
 
-def router(project_folder: Callable[[str], Path], start_training: Callable[[list[str]], None] = start_train,
-           dependencies: list | None = None) -> APIRouter:
-    """The Learn area. project_folder(name): the project's folder (raising for an unknown one);
-    start_training(arguments): runs `train.py ARGUMENTS` in its own process;
-    dependencies: of the routes that change something (the studio's same-origin check)."""
-    api, learners = APIRouter(), Learners()
-    changes = {"dependencies": dependencies or []}
+LEARNERS = Learners()
+learn = APIRouter(prefix="/api/projects/{project_id}/learn", dependencies=[Depends(changes_state)])
 
-    @api.get("/projects/{project}/learn", include_in_schema=False)
-    def page(project: str):
-        project_folder(project)
-        return FileResponse(STATIC / "learn.html")
 
-    @api.get("/projects/{project}/learn/state")
-    def state(project: str):
-        folder = project_folder(project)
-        with learners.lock(folder):
-            return overview(*learners.get(folder)) if folder in learners.learners else {"started": False}
+@learn.get("")
+def state(project: Opened):
+    with LEARNERS.lock(project):
+        return overview(*LEARNERS.get(project)) if project.folder in LEARNERS.learners else {"started": False}
 
-    @api.post("/projects/{project}/learn/start", **changes)
-    def start(project: str, body: dict = Body(default={})):
-        folder, settings = project_folder(project), settings_from(body)
-        with learners.lock(folder):
-            return overview(*learners.start(folder, settings))
 
-    @api.post("/projects/{project}/learn/step", **changes)
-    def step(project: str):
-        folder = project_folder(project)
-        with learners.lock(folder):
-            learner, _ = learners.get(folder)
-            return iteration_json(learner.step(), learner.run.classes)
+@learn.post("/start")
+def start(project: Opened, body: dict = Body(default={})):
+    settings = settings_from(body)
+    with LEARNERS.lock(project):
+        return overview(*LEARNERS.start(project, settings))
 
-    @api.post("/projects/{project}/learn/train", **changes)
-    def train(project: str):
-        folder = project_folder(project)
-        with learners.lock(folder):
-            learner, run = learners.get(folder)
-            start_training(["--resume", str(learner.hand_over())])
-            del learners.learners[folder]
-        return {"run": run, "command": f"python train.py --resume runs/{run}/last.pt"}
 
-    return api
+@learn.post("/step")
+def step(project: Opened):
+    with LEARNERS.lock(project):
+        learner, _ = LEARNERS.get(project)
+        return iteration_json(learner.step(), learner.run.classes)
+
+
+@learn.post("/train")
+def train(workspace: Current, project: Opened):
+    """Train on as a normal run: the studio's training job resumes the learner's last.pt."""
+    with LEARNERS.lock(project):
+        learner, run = LEARNERS.get(project)
+        last = learner.hand_over()
+        workspace.jobs.start(Job("train", project.id, run, str(learner.run.out),
+                                 python_module("classifier.train", "--resume", str(last))))
+        del LEARNERS.learners[project.folder]
+    return {"run": run, "command": f"python train.py --resume runs/{run}/last.pt"}
+
+
+LEARN = Area("learn", learn, tab="Learn", scripts=["learn.js"])

@@ -21,7 +21,8 @@ class Plan:
     steps_per_epoch: int
     sizes: tuple  # the training crop size of each epoch, counted from 0 (progressive resizing)
     evaluated: tuple  # the epochs, counted from 1, after which val is evaluated
-    reason: str = ""  # why the epochs differ from the settings' (--min-steps, --time-budget)
+    reason: str = ""  # why the plan differs from the settings' (--min-steps, --time-budget)
+    passes: int = 1  # over the training examples in each epoch (a small folder's epochs make several)
 
     def train_size(self, epoch: int) -> int:
         """The training crop size of a 0-based epoch."""
@@ -68,15 +69,17 @@ def evaluated_epochs(eval_every: int, epochs: int) -> tuple:
 def make_plan(config: TrainConfig, examples: int, world_size: int = 1, epochs: int | None = None,
               reason: str = "") -> Plan:
     """The plan for `examples` training examples in batches of --batch-size (fewer when there are
-    fewer examples than that per process): `epochs` epochs, or --epochs, raised for a small
-    folder so that training takes at least --min-steps steps."""
+    fewer examples than that per process): `epochs` epochs, or --epochs. A small folder's epochs
+    pass over its examples several times, so that training takes at least --min-steps steps in
+    the same epochs: as many evaluations, checkpoints and epoch records as a large folder's,
+    not one of each per step (a dozen photos a class: one step a pass)."""
     batch_size = min(config.batch_size, max(1, examples // world_size))
-    steps = max(1, examples // (batch_size * world_size))  # the last incomplete batch is dropped
+    steps, passes = max(1, examples // (batch_size * world_size)), 1  # the last incomplete batch is dropped
     if epochs is None:
         epochs = config.epochs
         if steps * epochs < config.min_steps:
-            epochs = math.ceil(config.min_steps / steps)
-            reason = (f"{steps} step(s) an epoch: training {epochs} epochs for at least {config.min_steps} "
-                      f"steps (--min-steps)")
-    return Plan(epochs, batch_size, steps, crop_sizes(config, epochs), evaluated_epochs(config.eval_every, epochs),
-                reason)
+            passes = math.ceil(config.min_steps / (steps * epochs))
+            reason = (f"{steps} step(s) a pass over the training photos: {passes} passes an epoch, "
+                      f"{steps * passes * epochs} steps for at least {config.min_steps} (--min-steps)")
+    return Plan(epochs, batch_size, steps * passes, crop_sizes(config, epochs),
+                evaluated_epochs(config.eval_every, epochs), reason, passes)

@@ -78,11 +78,11 @@ def write_predictions(run_dir: str | Path, val_sizes: list[DecodedImages], tta: 
     `probabilities` it already computed for best.pt, sparing a second pass over val."""
     checkpoint = Path(run_dir) / "best.pt"
     saved = load_checkpoint(checkpoint)
-    classifier = Classifier.load(checkpoint, device, saved.get("config", {}).get("precision", "fp32"),
-                                 fuse=False)  # as training evaluated it: the same numbers, to the last bit
-    epoch = saved["epoch"]
+    classes, temperature, epoch = saved["classes"], float(saved.get("temperature", 1.0)), saved["epoch"]
     val_images = val_sizes[0]
-    if probabilities is None:
+    if probabilities is None:  # (the model is built only then: seconds for a pretrained network)
+        classifier = Classifier.load(checkpoint, device, saved.get("config", {}).get("precision", "fp32"),
+                                     fuse=False)  # as training evaluated it: the same numbers, to the last bit
         probabilities = torch.cat([classifier.probabilities([v.images[i:i + batch_size] for v in val_sizes], tta)
                                    for i in range(0, len(val_images), batch_size)])
     probabilities = probabilities.double()
@@ -90,10 +90,9 @@ def write_predictions(run_dir: str | Path, val_sizes: list[DecodedImages], tta: 
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "w") as file:
         for image, label, row in zip(val_images.paths, val_images.labels.tolist(), probabilities.tolist()):
-            file.write(json.dumps({"path": os.path.abspath(image), "label": classifier.classes[label],
-                                   "label_index": label, "epoch": epoch,
-                                   "temperature": classifier.temperature,
-                                   "probabilities": dict(zip(classifier.classes, row))}) + "\n")
+            file.write(json.dumps({"path": os.path.abspath(image), "label": classes[label],
+                                   "label_index": label, "epoch": epoch, "temperature": temperature,
+                                   "probabilities": dict(zip(classes, row))}) + "\n")
     os.replace(temporary, path)
     return path
 

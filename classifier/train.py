@@ -186,7 +186,7 @@ def fit_and_finish(run: Run, resumed: dict | None, started: float) -> dict:
     folds = wanted_folds(config, run)
     if folds and not resumed:
         run.cross_validation = cross_validate(config, find_photos(config.data, config.val_fraction, config.seed,
-                                                                  config.exclude)[0], session, folds)
+                                                                  config.exclude)[0], session, folds, run)
         if session.is_main:
             (run.out / "cross_validation.json").write_text(json.dumps(run.cross_validation, indent=1) + "\n")
     if config.time_budget and not resumed:  # a resumed run keeps its plan

@@ -19,9 +19,11 @@ LAYERS = [
     {"errors", "recipes", "files", "registry", "progress", "runtime", "cli"},
     {"models", "backbones", "images", "augment", "calibration", "neither", "distributed", "downloads", "plots", "pages",
      "layers", "pictures"},
-    {"data", "tta", "features", "checkpoint", "config", "plan"},
-    {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget", "scan", "checks", "inside"},
-    {"train", "predict", "report", "explain", "export", "serve", "audit", "learn", "learn_view", "inside_view"},
+    {"data", "tta", "features", "checkpoint", "config", "plan", "thumbnails"},
+    {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget", "scan", "checks", "web", "projects",
+     "jobs", "inside"},
+    {"train", "predict", "report", "explain", "export", "serve", "audit", "workspace", "studio_photos",
+     "studio_runs", "studio", "learn", "learn_view", "inside_view"},
 ]
 
 

@@ -148,7 +148,8 @@ def test_without_matplotlib_the_commands_say_what_to_install(run, tiny_real, tmp
     assert not (tmp_path / "t" / "metrics.jsonl").exists()
 
 
-@pytest.mark.parametrize("module", ["classifier.report", "classifier.explain", "classifier.serve", "classifier.audit"])
+@pytest.mark.parametrize("module", ["classifier.report", "classifier.explain", "classifier.serve", "classifier.audit",
+                                    "classifier.studio"])
 def test_entry_points_and_console_scripts(module):
     result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and "usage:" in result.stdout and "(default:" in result.stdout

@@ -1,11 +1,10 @@
-// The Inside page: one photo through a trained network, layer by layer, channel by channel.
+// The Inside tab: one photo through the chosen run's network, layer by layer, channel by channel.
 // Everything the server sends is shown with textContent or as an image source, never as HTML.
 "use strict";
 
 (() => {
   const root = document.getElementById("inside");
-  const api = (root.dataset.api || location.pathname.replace(/\/$/, "")).replace(/\/inside$/, "") + "/inside";
-  const $ = (id) => document.getElementById(id);
+  const $ = (id) => document.getElementById(`inside-${id}`); // this tab's elements
   const SVG = "http://www.w3.org/2000/svg";
   const VIRIDIS = [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141], [39, 173, 129],
     [92, 200, 99], [170, 220, 50], [253, 231, 37]];
@@ -18,19 +17,7 @@
     $("status").classList.toggle("problem", problem);
   }
 
-  async function call(path, options = {}) {
-    const response = await fetch(api + path, options);
-    const answer = await response.json();
-    if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
-    return answer;
-  }
-
-  function element(tag, text, className) {
-    const node = document.createElement(tag);
-    if (text !== undefined) node.textContent = text;
-    if (className) node.className = className;
-    return node;
-  }
+  const call = (path, method = "GET", body = undefined) => api(method, projectUrl(`/inside${path}`), body);
 
   function svg(tag, attributes, text) {
     const node = document.createElementNS(SVG, tag);
@@ -40,7 +27,6 @@
   }
 
   const fmt = (value, digits = 3) => (value === null ? "not a number" : Number(value).toPrecision(digits));
-  const percent = (p) => `${(100 * p).toFixed(1)}%`;
 
   function colour(share) {
     const position = Math.min(Math.max(share, 0), 1) * (VIRIDIS.length - 1);
@@ -52,28 +38,16 @@
 
   // ----------------------------------------------------------------- choosing
 
-  async function loadChoices() {
-    const { runs, photos } = await call("/runs");
-    const runSelect = $("run");
-    runSelect.replaceChildren(...runs.map((run) => {
-      const option = element("option", run.run);
-      option.value = run.run;
-      return option;
-    }));
-    const photoSelect = $("photo");
-    photoSelect.replaceChildren(...Object.entries(photos).map(([name, files]) => {
-      const group = document.createElement("optgroup");
-      group.label = name;
-      group.append(...files.map((file) => {
-        const option = element("option", file);
-        option.value = `${name}/${file}`;
-        return option;
-      }));
+  async function loadPhotos() {
+    const photos = await call("/photos");
+    $("photo").replaceChildren(...Object.entries(photos).map(([name, paths]) => {
+      const group = el("optgroup", { attrs: { label: name } });
+      group.append(...paths.map((path) => el("option", { text: path.split("/").pop(), attrs: { value: path } })));
       return group;
     }));
-    $("look").disabled = !runs.length;
-    say(runs.length ? "Choose a run and a photo, then press Look inside."
-      : "No trained run in this project yet: train one first (the Learn page's Train button makes one too).");
+    $("look").disabled = !Studio.run;
+    say(Studio.run ? "Choose a photo (or your own), then press Look inside."
+      : "No trained model in this project yet: train one first (the Learn tab's Train button makes one too).");
   }
 
   function chooseOwn(file) {
@@ -86,14 +60,14 @@
   async function lookInside(event) {
     event.preventDefault();
     const form = new FormData();
-    form.append("run", $("run").value);
+    form.append("run", Studio.run);
     form.append("checkpoint", $("checkpoint").value);
     if (ownPhoto) form.append("file", ownPhoto, ownPhoto.name);
     else form.append("photo", $("photo").value);
     $("look").disabled = true;
     say("Following the photo through every layer…");
     try {
-      look = await call("/look", { method: "POST", body: form });
+      look = await call("/look", "POST", form);
       drawLook();
       say("");
       await showLayer(look.layers.findIndex((layer) => layer.kernel), 0); // the first layer with weights
@@ -106,9 +80,9 @@
 
   function drawOutputs() {
     $("outputs").tBodies[0].replaceChildren(...look.classes.map((name, i) => {
-      const row = element("tr");
-      row.append(element("td", name), element("td", fmt(look.outputs[i], 4)), element("td", percent(look.probabilities[i])),
-        element("td", percent(look.calibrated[i])));
+      const row = el("tr");
+      row.append(el("td", { text: name }), el("td", { text: fmt(look.outputs[i], 4) }), el("td", { text: percent(look.probabilities[i]) }),
+        el("td", { text: percent(look.calibrated[i]) }));
       return row;
     }));
     $("temperature").textContent = `Softmax turns the output values into probabilities. Calibrated: the values are ` +
@@ -128,8 +102,8 @@
     $("gradcam-caption").textContent = `where it looked for ${look.gradcam_class} (Grad-CAM)`;
     drawOutputs();
     $("layers").replaceChildren(...look.layers.map((layer) => {
-      const item = element("li");
-      const button = element("button", describe(layer));
+      const item = el("li");
+      const button = el("button", { text: describe(layer) });
       button.type = "button";
       button.addEventListener("click", () => showLayer(layer.index, 0));
       item.append(button);
@@ -158,7 +132,7 @@
     if (!shown) return;
     shownLayer = { index, page, pages: shown.pages };
     const layer = look.layers[index];
-    document.querySelectorAll("#layers button").forEach((button, i) => button.setAttribute("aria-pressed", i === index));
+    $("layers").querySelectorAll("button").forEach((button, i) => button.setAttribute("aria-pressed", i === index));
     $("layer").hidden = false;
     $("layer-title").textContent = describe(layer);
     $("layer-explain").textContent = shown.channels
@@ -172,22 +146,22 @@
   }
 
   function mapButton(index, channel) {
-    const button = element("button");
+    const button = el("button");
     button.type = "button";
-    const image = element("img");
+    const image = el("img");
     image.src = channel.image;
     image.alt = `channel ${channel.channel + 1}`;
-    button.append(image, element("span", `channel ${channel.channel + 1}: ${fmt(channel.strongest, 2)}`));
+    button.append(image, el("span", { text: `channel ${channel.channel + 1}: ${fmt(channel.strongest, 2)}` }));
     button.dataset.channel = channel.channel;
     button.addEventListener("click", () => {
-      document.querySelectorAll("#maps button").forEach((b) => b.setAttribute("aria-pressed", b === button));
+      $("maps").querySelectorAll("button").forEach((b) => b.setAttribute("aria-pressed", b === button));
       showChannel(index, channel.channel);
     });
     return button;
   }
 
   function valueSquare(index, shown, value, i) {
-    const square = element("span");
+    const square = el("span");
     const unit = shown.first + i;
     square.title = `${unit + 1}: ${fmt(value, 4)}`;
     square.style.background = colour((value - shown.low) / Math.max(shown.high - shown.low, 1e-12));
@@ -200,7 +174,7 @@
   async function showChannel(layer, channel) {
     say("Finding the pieces of training photos that excite it most (the first time goes through every training photo)…");
     try {
-      const shown = await call(`/channel?run=${encodeURIComponent($("run").value)}&checkpoint=${$("checkpoint").value}` +
+      const shown = await call(`/channel?run=${encodeURIComponent(Studio.run)}&checkpoint=${$("checkpoint").value}` +
         `&layer=${layer}&channel=${channel}`);
       drawChannel(shown);
       say("");
@@ -217,9 +191,9 @@
     if (kernel.kind === "weights") {
       $("kernel-explain").textContent = "A neuron's weights on each value of the layer before (brighter: larger).";
       const low = Math.min(...kernel.values), high = Math.max(...kernel.values);
-      const strip = element("div", undefined, "values");
+      const strip = el("div", { className: "values" });
       strip.append(...kernel.values.map((value, i) => {
-        const square = element("span");
+        const square = el("span");
         square.title = `from ${i + 1}: ${fmt(value, 4)}`;
         square.style.background = colour((value - low) / Math.max(high - low, 1e-12));
         return square;
@@ -227,10 +201,10 @@
       return [strip];
     }
     const figure = (url, caption) => {
-      const node = element("figure");
-      const image = element("img");
+      const node = el("figure");
+      const image = el("img");
       image.src = url;
-      node.append(image, element("figcaption", caption));
+      node.append(image, el("figcaption", { text: caption }));
       return node;
     };
     if (kernel.image) {
@@ -245,22 +219,22 @@
   }
 
   function drawPatch(patch, size) {
-    const card = element("div", undefined, "patch");
-    const pair = element("div", undefined, "pair");
-    const piece = element("img", undefined, "piece");
+    const card = el("div", { className: "patch" });
+    const pair = el("div", { className: "pair" });
+    const piece = el("img", { className: "piece" });
     piece.src = patch.image;
     piece.alt = "the piece";
-    const whole = element("div", undefined, "whole");
-    const image = element("img");
+    const whole = el("div", { className: "whole" });
+    const image = el("img");
     image.src = patch.whole;
     image.alt = patch.photo;
-    const box = element("div", undefined, "box");
+    const box = el("div", { className: "box" });
     const [top, left, bottom, right] = patch.box;
     Object.assign(box.style, { top: `${(100 * top) / size}%`, left: `${(100 * left) / size}%`,
       height: `${(100 * (bottom - top + 1)) / size}%`, width: `${(100 * (right - left + 1)) / size}%` });
     whole.append(image, box);
     pair.append(piece, whole);
-    card.append(pair, element("div", patch.photo), element("div", `response ${fmt(patch.value, 3)}`));
+    card.append(pair, el("div", { text: patch.photo }), el("div", { text: `response ${fmt(patch.value, 3)}` }));
     return card;
   }
 
@@ -302,7 +276,7 @@
       const dot = svg("circle", { cx: px(sum), cy: py(neurons.activations[j]), r: 4 });
       dot.append(svg("title", {}, `neuron ${j + 1}`));
       dot.addEventListener("click", () => {
-        document.querySelectorAll(".plot circle").forEach((c) => c.classList.toggle("chosen", c === dot));
+        root.querySelectorAll(".plot circle").forEach((c) => c.classList.toggle("chosen", c === dot));
         $("neuron").textContent = `Neuron ${j + 1} of hidden layer ${number + 1}: weighted sum ${fmt(sum, 4)} -> ` +
           `${neurons.function} -> activation ${fmt(neurons.activations[j], 4)}`;
         showChannel(neurons.layer, j);
@@ -326,5 +300,19 @@
   });
   $("previous").addEventListener("click", () => showLayer(shownLayer.index, shownLayer.page - 1));
   $("next").addEventListener("click", () => showLayer(shownLayer.index, shownLayer.page + 1));
-  loadChoices().catch((error) => say(error.message, true)).finally(() => { root.dataset.ready = "true"; });
+
+  Studio.tab("inside", {
+    async show() {
+      delete root.dataset.ready;
+      $("result").hidden = true;
+      look = null;
+      try {
+        await loadPhotos();
+      } catch (error) {
+        say(error.message, true);
+      } finally {
+        root.dataset.ready = Studio.run || "none"; // the run shown
+      }
+    },
+  });
 })();

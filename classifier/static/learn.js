@@ -1,11 +1,10 @@
-// The Learn page: a network learning on the project's photos, redrawn after every step.
+// The Learn tab: a network learning on the project's photos, redrawn after every step.
 // Everything the server sends is shown with textContent or as an image source, never as HTML.
 "use strict";
 
 (() => {
   const root = document.getElementById("learn");
-  const api = (root.dataset.api || location.pathname.replace(/\/$/, "")).replace(/\/learn$/, "") + "/learn";
-  const $ = (id) => document.getElementById(id);
+  const $ = (id) => document.getElementById(`learn-${id}`); // this tab's elements
   const errors = []; // the error at each iteration, for the chart
   let playing = false;
   let busy = false;
@@ -15,35 +14,18 @@
     $("status").classList.toggle("problem", problem);
   }
 
-  async function call(path, body) {
-    const options = { method: body === undefined ? "GET" : "POST", headers: {} };
-    if (body !== undefined) {
-      options.headers["content-type"] = "application/json";
-      options.body = JSON.stringify(body);
-    }
-    const response = await fetch(api + path, options);
-    const answer = await response.json();
-    if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
-    return answer;
-  }
-
-  function element(tag, text, className) {
-    const node = document.createElement(tag);
-    if (text !== undefined) node.textContent = text;
-    if (className) node.className = className;
-    return node;
-  }
+  const call = (path, body) => api(body === undefined ? "GET" : "POST", projectUrl(`/learn${path}`), body);
 
   const fmt = (value, digits = 4) => (value === null ? "not a number" : Number(value).toPrecision(digits));
 
   // ----------------------------------------------------------------- settings
 
   function chosenModel() {
-    return document.querySelector('input[name="model"]:checked').value;
+    return root.querySelector('input[name="model"]:checked').value;
   }
 
   function showModelFields() {
-    for (const label of document.querySelectorAll("#settings [data-for]")) {
+    for (const label of root.querySelectorAll("[data-for]")) {
       label.hidden = label.dataset.for !== chosenModel();
     }
   }
@@ -69,8 +51,8 @@
   function drawWeights(container, urls, word) {
     if (container.children.length !== urls.length) {
       container.replaceChildren(...urls.map((_, i) => {
-        const figure = element("figure");
-        figure.append(element("img"), element("figcaption", `${word} ${i + 1}`));
+        const figure = el("figure");
+        figure.append(el("img"), el("figcaption", { text: `${word} ${i + 1}` }));
         return figure;
       }));
     }
@@ -118,26 +100,26 @@
   }
 
   function photoCard(photo, classes) {
-    const card = element("div", undefined, "photo");
-    const image = element("img");
+    const card = el("div", { className: "photo" });
+    const image = el("img");
     image.src = photo.image;
     image.alt = photo.label;
-    const table = element("table");
-    const head = element("tr");
-    head.append(element("th", "class"), element("th", "output"), element("th", "softmax"), element("th", "target"));
+    const table = el("table");
+    const head = el("tr");
+    head.append(el("th", { text: "class" }), el("th", { text: "output" }), el("th", { text: "softmax" }), el("th", { text: "target" }));
     table.append(head);
     classes.forEach((name, i) => {
-      const row = element("tr");
-      row.append(element("th", name), element("td", fmt(photo.outputs[i], 3)), element("td", fmt(photo.probabilities[i], 2)),
-        element("td", String(photo.target[i])));
+      const row = el("tr");
+      row.append(el("th", { text: name }), el("td", { text: fmt(photo.outputs[i], 3) }), el("td", { text: fmt(photo.probabilities[i], 2) }),
+        el("td", { text: String(photo.target[i]) }));
       table.append(row);
     });
-    card.append(image, element("div", `a photo of a ${photo.label}`), table);
+    card.append(image, el("div", { text: `a photo of a ${photo.label}` }), table);
     return card;
   }
 
   function meter(value, largest) {
-    const bar = element("span", undefined, "meter");
+    const bar = el("span", { className: "meter" });
     bar.style.width = `${largest > 0 && value !== null ? Math.max(1, (value / largest) * 80) : 0}px`;
     return bar;
   }
@@ -145,10 +127,10 @@
   function drawLayers(layers) {
     const largest = (key) => Math.max(...layers.map((l) => l[key] ?? 0));
     $("layers").tBodies[0].replaceChildren(...layers.map((layer) => {
-      const row = element("tr");
-      row.append(element("td", layer.label));
+      const row = el("tr");
+      row.append(el("td", { text: layer.label }));
       for (const key of ["gradient", "change", "size"]) {
-        const cell = element("td", fmt(layer[key], 3));
+        const cell = el("td", { text: fmt(layer[key], 3) });
         cell.append(meter(layer[key], largest(key)));
         row.append(cell);
       }
@@ -243,16 +225,16 @@
   async function trainOn() {
     pause();
     try {
-      const answer = await call("/train", {});
+      await call("/train", {});
       $("controls").hidden = true;
       $("settings").hidden = false;
-      say(`Training goes on as a normal run, "${answer.run}", from this very step (the same as ${answer.command}).`);
+      location.hash = `#/p/${encodeURIComponent(Studio.project.id)}/runs`; // the Train tab follows it live
     } catch (error) {
       say(error.message, true);
     }
   }
 
-  document.querySelectorAll('input[name="model"]').forEach((radio) => radio.addEventListener("change", () => {
+  root.querySelectorAll('input[name="model"]').forEach((radio) => radio.addEventListener("change", () => {
     showModelFields();
     $("settings").elements.lr.value = chosenModel() === "mlp" ? "0.01" : "0.05";
   }));
@@ -268,6 +250,24 @@
     say("Change what you like and start again from random weights.");
   });
   showModelFields();
-  call("/state").then((state) => { if (state.started) started(state); }).catch((error) => say(error.message, true))
-    .finally(() => { root.dataset.ready = "true"; });
+
+  Studio.tab("learn", {
+    async show() {
+      delete root.dataset.ready;
+      try {
+        const state = await call("");
+        if (state.started) started(state);
+        else {
+          $("settings").hidden = false;
+          $("controls").hidden = true;
+          $("progress").hidden = true;
+        }
+      } catch (error) {
+        say(error.message, true);
+      } finally {
+        root.dataset.ready = "true";
+      }
+    },
+    hide: pause,
+  });
 })();
