@@ -97,3 +97,22 @@ def test_inside_a_trained_run_for_a_photo_and_a_channels_top_patches(page, studi
     assert [float(value) for value in responses] == pytest.approx([p["value"] for p in expected["patches"]], rel=1e-2)
     expect(page.locator("#inside-kernel img")).to_have_count(1)  # a 3 x 3 filter over the photo's colours
     keep_screenshot(page, "inside.png", tmp_path)
+
+
+def test_inside_an_mlp_each_hidden_neuron_on_its_activation_curve(page, studio):
+    api = f"{studio}api/projects/pets"
+    with httpx2.Client(timeout=120, headers={"origin": studio.rstrip("/")}) as http:  # an MLP, one pass
+        run = http.post(f"{api}/learn/start", json={"model": "mlp", "hidden": [12], "activation": "sigmoid"}).json()
+        for _ in range(run["steps_per_pass"]):
+            http.post(f"{api}/learn/step")
+    page.goto(studio + "#/p/pets/inside")
+    page.wait_for_selector("#inside[data-ready]")
+    page.select_option("#run-select", run["run"])
+    page.wait_for_selector(f'#inside[data-ready="{run["run"]}"]')
+    page.click("#inside-look")
+    expect(page.locator("#inside-plots circle")).to_have_count(12, timeout=60_000)
+    assert "sigmoid" in page.locator("#inside-plots").text_content()
+    page.locator("#inside-plots circle").nth(4).click()
+    expect(page.locator("#inside-neuron")).to_contain_text("Neuron 5 of hidden layer 1: weighted sum")
+    expect(page.locator("#inside-kernel img")).to_have_count(1)  # its weights on the pixels, as an image
+    expect(page.locator("#inside-patches .patch")).to_have_count(9, timeout=60_000)  # the photos exciting it most

@@ -5,7 +5,7 @@
 (() => {
   const root = document.getElementById("inside");
   const $ = (id) => document.getElementById(`inside-${id}`); // this tab's elements
-  const SVG = "http://www.w3.org/2000/svg";
+  const SVG = $("svg").namespaceURI; // from the tab's own empty <svg>: no address in the script
   const VIRIDIS = [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141], [39, 173, 129],
     [92, 200, 99], [170, 220, 50], [253, 231, 37]];
   let look = null; // the current look's answer

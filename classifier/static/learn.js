@@ -88,11 +88,11 @@
     const top = Math.max(...finite, 1e-9);
     const shown = errors.slice(-600);
     const points = shown.map((e, i) => `${(i / Math.max(shown.length - 1, 1)) * 630 + 5},${e === null ? 5 : 130 - (e / top) * 120}`);
-    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+    const line = document.createElementNS(chart.namespaceURI, "polyline"); // the SVG namespace
     line.setAttribute("points", points.join(" "));
-    const axis = document.createElementNS("http://www.w3.org/2000/svg", "line");
+    const axis = document.createElementNS(chart.namespaceURI, "line");
     Object.entries({ x1: 5, y1: 130, x2: 635, y2: 130, class: "axis" }).forEach(([k, v]) => axis.setAttribute(k, v));
-    const label = document.createElementNS("http://www.w3.org/2000/svg", "text");
+    const label = document.createElementNS(chart.namespaceURI, "text");
     label.setAttribute("x", 8);
     label.setAttribute("y", 14);
     label.textContent = finite.length ? `largest ${fmt(top, 3)}` : "the error at each iteration";
