@@ -84,20 +84,23 @@
 
   function drawChart() {
     const chart = $("chart");
-    const finite = errors.filter((e) => e !== null);
-    const top = Math.max(...finite, 1e-9);
+    const svg = (tag, attributes, text) => {
+      const node = document.createElementNS(chart.namespaceURI, tag); // the SVG namespace
+      Object.entries(attributes).forEach(([k, v]) => node.setAttribute(k, v));
+      if (text !== undefined) node.textContent = text;
+      return node;
+    };
     const shown = errors.slice(-600);
-    const points = shown.map((e, i) => `${(i / Math.max(shown.length - 1, 1)) * 630 + 5},${e === null ? 5 : 130 - (e / top) * 120}`);
-    const line = document.createElementNS(chart.namespaceURI, "polyline"); // the SVG namespace
-    line.setAttribute("points", points.join(" "));
-    const axis = document.createElementNS(chart.namespaceURI, "line");
-    Object.entries({ x1: 5, y1: 130, x2: 635, y2: 130, class: "axis" }).forEach(([k, v]) => axis.setAttribute(k, v));
-    const label = document.createElementNS(chart.namespaceURI, "text");
-    label.setAttribute("x", 8);
-    label.setAttribute("y", 14);
-    label.textContent = finite.length ? `largest ${fmt(top, 3)}` : "the error at each iteration";
-    chart.replaceChildren(axis, line, label);
+    const finite = shown.filter((e) => e !== null);
+    const [low, high] = [Math.min(...finite), Math.max(...finite)];
+    const y = (e) => (e === null ? 8 : 122 - ((e - low) / Math.max(high - low, 1e-9)) * 110);
+    const points = shown.map((e, i) => `${(i / Math.max(shown.length - 1, 1)) * 630 + 5},${y(e)}`);
+    chart.replaceChildren(svg("line", { x1: 5, y1: 130, x2: 635, y2: 130, class: "axis" }),
+      svg("polyline", { points: points.join(" ") }),
+      svg("text", { x: 8, y: 11 }, finite.length ? `${fmt(high, 3)}` : "the error at each iteration"),
+      svg("text", { x: 8, y: 138 }, finite.length ? `${fmt(low, 3)}` : ""));
   }
+
 
   function photoCard(photo, classes) {
     const card = el("div", { className: "photo" });
