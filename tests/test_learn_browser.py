@@ -72,17 +72,22 @@ def test_step_five_times_and_watch_the_numbers_and_weights_change(page, studio, 
     keep_screenshot(page, "learn.png", tmp_path)
 
 
-def test_inside_a_trained_run_for_a_photo_and_a_channels_top_patches(page, studio, tmp_path):
-    api = f"{studio}api/projects/pets"
-    with httpx2.Client(timeout=120, headers={"origin": studio.rstrip("/")}) as http:  # a small convnet, 3 passes
-        run = http.post(f"{api}/learn/start", json={"model": "convnet", "lr": 0.05, "epochs": 3}).json()
-        for _ in range(3 * run["steps_per_pass"]):
-            http.post(f"{api}/learn/step")
+def look_inside_a_new_run(page, studio: str, settings: dict, passes: int) -> str:
+    """A run the Learn tab's API trains `passes` passes over the photos; Inside opened on it, a photo looked at."""
+    with httpx2.Client(timeout=120, headers={"origin": studio.rstrip("/")}) as http:
+        run = http.post(f"{studio}api/projects/pets/learn/start", json=settings).json()
+        for _ in range(passes * run["steps_per_pass"]):
+            http.post(f"{studio}api/projects/pets/learn/step")
     page.goto(studio + "#/p/pets/inside")
     page.wait_for_selector("#inside[data-ready]")
     page.select_option("#run-select", run["run"])
     page.wait_for_selector(f'#inside[data-ready="{run["run"]}"]')
     page.click("#inside-look")
+    return run["run"]
+
+
+def test_inside_a_trained_run_for_a_photo_and_a_channels_top_patches(page, studio, tmp_path):
+    run = look_inside_a_new_run(page, studio, {"model": "convnet", "lr": 0.05, "epochs": 3}, 3)
     expect(page.locator("#inside-maps button").first).to_be_visible(timeout=60_000)
     assert page.locator("#inside-layers li").count() == 14
     assert page.locator("#inside-answer").text_content().startswith("The answer:")
@@ -92,7 +97,7 @@ def test_inside_a_trained_run_for_a_photo_and_a_channels_top_patches(page, studi
     page.locator("#inside-maps button").nth(2).click()
     expect(page.locator("#inside-patches .patch")).to_have_count(9, timeout=60_000)
     with httpx2.Client(timeout=120) as http:
-        expected = http.get(f"{api}/inside/channel?run={run['run']}&layer=1&channel=2").json()
+        expected = http.get(f"{studio}api/projects/pets/inside/channel?run={run}&layer=1&channel=2").json()
     responses = [text.split("response ")[1] for text in page.locator("#inside-patches .patch").all_text_contents()]
     assert [float(value) for value in responses] == pytest.approx([p["value"] for p in expected["patches"]], rel=1e-2)
     expect(page.locator("#inside-kernel img")).to_have_count(1)  # a 3 x 3 filter over the photo's colours
@@ -100,16 +105,7 @@ def test_inside_a_trained_run_for_a_photo_and_a_channels_top_patches(page, studi
 
 
 def test_inside_an_mlp_each_hidden_neuron_on_its_activation_curve(page, studio):
-    api = f"{studio}api/projects/pets"
-    with httpx2.Client(timeout=120, headers={"origin": studio.rstrip("/")}) as http:  # an MLP, one pass
-        run = http.post(f"{api}/learn/start", json={"model": "mlp", "hidden": [12], "activation": "sigmoid"}).json()
-        for _ in range(run["steps_per_pass"]):
-            http.post(f"{api}/learn/step")
-    page.goto(studio + "#/p/pets/inside")
-    page.wait_for_selector("#inside[data-ready]")
-    page.select_option("#run-select", run["run"])
-    page.wait_for_selector(f'#inside[data-ready="{run["run"]}"]')
-    page.click("#inside-look")
+    look_inside_a_new_run(page, studio, {"model": "mlp", "hidden": [12], "activation": "sigmoid"}, 1)
     expect(page.locator("#inside-plots circle")).to_have_count(12, timeout=60_000)
     assert "sigmoid" in page.locator("#inside-plots").text_content()
     page.locator("#inside-plots circle").nth(4).click()
