@@ -127,7 +127,7 @@ class Inside:
             logits, layers = self.trace(image[None])
             calibrated, scores = self.classifier.outputs(image[None], tta=False)
         logits = logits[0].float().cpu()
-        neither = None if scores is None else bool(scores[0] < self.classifier.neither["threshold"])
+        neither = None if scores is None else bool(self.classifier.neither.is_neither(scores)[0])
         answer = "neither" if neither else self.classifier.classes[int(logits.argmax())]
         shown = [Layer(layer.name, layer.module, layer.modules, layer.output[0].float().cpu(), layer.field, layer.source)
                  for layer in layers]
