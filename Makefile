@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # Tests and benchmarks read real photos from $(CATSDOGS_DATA); ../shared/data/catsdogs if present.
 CATSDOGS_DATA ?= $(if $(wildcard ../shared/data/catsdogs),../shared/data/catsdogs,data/catsdogs)
 export CATSDOGS_DATA
+# More train.py flags for make train, e.g. TRAIN_FLAGS='--epochs 1 --image-size 32' (tests/test_readme.py).
+TRAIN_FLAGS ?=
 
 .PHONY: setup data train test clean
 
@@ -15,12 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# No photos yet: fetch the Oxford-IIIT Pet photos (cats and dogs, about 800 MB) with a progress bar.
+# No photos yet (no folder, or an empty one): fetch the Oxford-IIIT Pet photos (cats and dogs,
+# about 800 MB) with a progress bar.
 data: setup
-	@[ -d "$(CATSDOGS_DATA)" ] || $(BIN)/python -m classifier.data download --out "$(CATSDOGS_DATA)"
+	@[ -n "$$(ls -A "$(CATSDOGS_DATA)" 2>/dev/null)" ] || $(BIN)/python -m classifier.data download --out "$(CATSDOGS_DATA)"
 
 train: data
-	$(BIN)/python train.py --data "$(CATSDOGS_DATA)"
+	$(BIN)/python train.py --data "$(CATSDOGS_DATA)" $(TRAIN_FLAGS)
 
 test: setup
 	$(BIN)/python -m pytest -q

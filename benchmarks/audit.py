@@ -30,7 +30,8 @@ from pathlib import Path
 from PIL import Image
 
 from benchmarks.common import write_section
-from classifier.audit import KINDS, main as audit_main
+from classifier.audit import main as audit_main
+from classifier.checks import KINDS
 from classifier.images import walk_images
 
 BY_HAND = {"cat.4085.jpg": "label", "dog.4334.jpg": "label", "cat.4338.jpg": "neither"}

@@ -94,15 +94,15 @@ def write_section(name: str, title: str, body: str, environment: dict | None = N
     print(section)
 
 
-def rate(trainer: Trainer, batches, seconds: float, epoch: int = 0) -> float:
+def rate(trainer: Trainer, batches, seconds: float, size: int = 0) -> float:
     """Images per second of the library's training step over `batches` (repeated), for about
-    `seconds`, as in `epoch` (its crop size, with progressive resizing); the first step warms up
-    and is not timed."""
+    `seconds`, cropping to `size` pixels (0: batches go in at their own size); the first step warms
+    up and is not timed."""
     trainer.model.train()
     seen, started, step = 0, None, 0
     while True:
         for images, labels in batches:
-            train_step(trainer, images, labels, torch.Generator().manual_seed(step), epoch, "benchmark")
+            train_step(trainer, images, labels, torch.Generator().manual_seed(step), size, "benchmark")
             step += 1
             if started is None:
                 started = time.perf_counter()

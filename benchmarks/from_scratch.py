@@ -45,19 +45,19 @@ def recipe_run(data: str, **settings):
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(data=data, out=out, cache_dir="", device="cpu", **settings).resolved()
         started = time.perf_counter()
-        run = train.setup(config, None, distributed.start("cpu"))
+        run = train.setup(config, None, distributed.start("cpu"), None)
         return run, time.perf_counter() - started
 
 
 def plain_trainer(run):
     """The run's trainer without augmentation: batches go in as they are (channels-last)."""
     layout = torch.channels_last if run.config.channels_last else torch.contiguous_format
-    return replace(run.trainer, prepare=lambda x, y, generator, epoch: (x.contiguous(memory_format=layout), y))
+    return replace(run.trainer, prepare=lambda x, y, generator, size: (x.contiguous(memory_format=layout), y))
 
 
 def compute_rate(run, seconds: float) -> float:
     """Images/s of the run's training step on random tensors: pure compute."""
-    size, batch = run.config.image_size, run.config.batch_size
+    size, batch = run.config.image_size, run.plan.batch_size
     noise = [(run.preprocessing.normalize(torch.rand(batch, 3, size, size)), torch.randint(0, 2, (batch,)))
              for _ in range(4)]
     return rate(plain_trainer(run), noise, seconds)
@@ -67,16 +67,16 @@ def throughput(data: str, seconds: float) -> dict:
     """The recipe's training step, fed by this project's pipeline, a tutorial's, and random tensors."""
     run, setup_seconds = recipe_run(data)
     config, plain = run.config, plain_trainer(run)
-    results = {"setup_seconds": setup_seconds, "image_size": config.image_size, "batch_size": config.batch_size,
+    results = {"setup_seconds": setup_seconds, "image_size": config.image_size, "batch_size": run.plan.batch_size,
                "precision": resolve_precision(config.precision, torch.device("cpu")), "model": config.model}
-    batches = Batches(*run.pipeline.train_inputs, config.batch_size, shuffle=True, drop_last=True,
+    batches = Batches(*run.pipeline.train_inputs, run.plan.batch_size, shuffle=True, drop_last=True,
                       generator=torch.Generator().manual_seed(0))
-    results["project"] = rate(run.trainer, batches, seconds, epoch=config.epochs - 1)  # crops at full size
+    results["project"] = rate(run.trainer, batches, seconds, size=config.image_size)  # crops at full size
     results["compute"] = compute_rate(run, seconds)
     tutorial = datasets.ImageFolder(str(Path(data) / "train"), transforms.Compose([
         transforms.Resize((config.image_size, config.image_size)), transforms.RandomHorizontalFlip(),
         transforms.ToTensor(), transforms.Normalize(run.preprocessing.mean, run.preprocessing.std)]))
-    loader = DataLoader(tutorial, batch_size=config.batch_size, shuffle=True, num_workers=2, persistent_workers=True)
+    loader = DataLoader(tutorial, batch_size=run.plan.batch_size, shuffle=True, num_workers=2, persistent_workers=True)
     results["tutorial"] = rate(plain, loader, seconds)
     return results
 

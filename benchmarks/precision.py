@@ -39,13 +39,13 @@ def measure(data: str, precision: str, channels_last: bool, seconds: float) -> t
         config = TrainConfig(data=data, out=out, device="cpu", precision=precision,
                              channels_last=channels_last).resolved()
         torch.manual_seed(0)
-        run = train.setup(config, None, distributed.start("cpu"))
+        run = train.setup(config, None, distributed.start("cpu"), None)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    size, batch = config.image_size, config.batch_size
+    size, batch = config.image_size, run.plan.batch_size
     x = run.preprocessing.normalize(torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)))
     x = x.contiguous(memory_format=layout)
     noise = [(x, torch.randint(0, 2, (batch,)))] * 4
-    training = rate(replace(run.trainer, prepare=lambda inputs, labels, generator, epoch: (inputs, labels)), noise, seconds)
+    training = rate(replace(run.trainer, prepare=lambda inputs, labels, generator, size: (inputs, labels)), noise, seconds)
     inference = inference_rate(run.trainer.model, x, precision, seconds)
     with torch.inference_mode(), autocast(x.device, precision):
         probabilities = run.trainer.model(x).float().softmax(1)

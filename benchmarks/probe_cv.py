@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from dataclasses import replace
 
 import torch
 
@@ -26,6 +27,7 @@ from classifier.features import Features, compute_features
 from classifier.images import Preprocessing, decode_images
 from classifier.loop import StopSignal, TrainState
 from classifier.models import create_model
+from classifier.plan import make_plan
 
 GRID = {"epochs": (10, 30), "lr": (3e-4, 1e-3, 3e-3), "weight_decay": (0.0, 0.05, 0.5), "label_smoothing": (0.0, 0.1)}
 
@@ -51,14 +53,14 @@ def cross_validate(features: Features, folds: int, size: int, train_views: int =
     for fold in range(folds):
         fit, held = fold_of != fold, fold_of == fold
         config = TrainConfig(model="efficientnet_lite0", pretrained=True, image_size=size, device="cpu",
-                             **settings).resolved()
-        config.eval_every, config.tta = config.epochs, test_views > 1
-        config.batch_size = min(config.batch_size, int(fit.sum()) * train_views)  # as train.setup does
+                             tta=test_views > 1, **settings).resolved()
         model = create_model("efficientnet_lite0", 2, pretrained=True, finetune="probe")
         pipeline = fitting.pipeline_on_features(model, subset(features, fit, train_views),
                                               [subset(f, held, test_views) for f in (features, *test_sizes)])
-        trainer = fitting.make_trainer(config, model, pipeline, None, session)
-        run = fitting.Run(config, session, None, ["cat", "dog"], Preprocessing(size), trainer, pipeline, [])
+        plan = make_plan(config, len(pipeline.train_inputs[1]))
+        plan = replace(plan, evaluated=(plan.epochs,))  # evaluated once, after the last epoch
+        trainer = fitting.make_trainer(config, plan, model, pipeline, None, session)
+        run = fitting.Run(config, session, None, ["cat", "dog"], Preprocessing(size), trainer, pipeline, [], plan)
         metrics = fitting.fit(run, TrainState(), StopSignal(), time.perf_counter())
         errors += round((1 - metrics["val_accuracy"]) * int(held.sum()))
     return errors

@@ -1,13 +1,7 @@
 """A dogs-vs-cats (or any-folder-of-classes) image classifier in plain PyTorch.
 
-Where things live (imports run down this list, never up):
-  commands   train.py predict.py serve.py audit.py report.py explain.py export.py (each has main(argv))
-  run        loop.py (the training loop)  inference.py (Classifier: photos in, probabilities out)
-             config.py (TrainConfig)  runs.py (metrics.jsonl, val_predictions.jsonl)  gradcam.py
-  pieces     data.py (datasets, splits, batches)  images.py (decode, cache)  augment.py  tta.py
-             features.py (frozen-feature cache)  calibration.py  neither.py  checkpoint.py
-             models.py backbones.py (every model)  distributed.py  runtime.py  progress.py plots.py
-  base       registry.py (create_model)  recipes.py (every default)  files.py  errors.py  cli.py
+Where things live: README.md, "Where things are" (every module, one line each); the layers that
+imports follow are tests/test_layout.py's LAYERS, the one map of them.
 """
 
 from classifier.errors import ClassifierError

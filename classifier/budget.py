@@ -19,21 +19,21 @@ from dataclasses import replace
 import torch
 
 from classifier import distributed
-from classifier.config import TrainConfig
 from classifier.data import Batches
-from classifier.fitting import Run, evaluating, steps_per_epoch
-from classifier.loop import make_optimizer, make_schedule, train_step
+from classifier.fitting import Run, evaluating
+from classifier.loop import make_optimizer, train_step
+from classifier.plan import Plan, make_plan
 
 TIMED_STEPS = 4  # per size, after one untimed step
 MARGIN = 0.03  # of the budget, kept for saving checkpoints, the last predictions and noise in the timings
 
 
-def seconds_per_example(run: Run, epoch: int) -> float:
-    """Time of one training example at `epoch`'s size, on a copy of the model (nothing of the run moves)."""
+def seconds_per_example(run: Run, size: int) -> float:
+    """Time of one training example at crops of `size`, on a copy of the model (nothing of the run moves)."""
     model = copy.deepcopy(run.trainer.model)
     trainer = replace(run.trainer, model=model, forward=model, optimizer=make_optimizer(run.config, model),
                       scheduler=_Constant(), ema=None)
-    epoch_of_batches = Batches(*run.pipeline.train_inputs, run.config.batch_size, shuffle=True, drop_last=True,
+    epoch_of_batches = Batches(*run.pipeline.train_inputs, run.plan.batch_size, shuffle=True, drop_last=True,
                                generator=torch.Generator().manual_seed(1))
     batches = (batch for _ in itertools.count() for batch in epoch_of_batches)  # as many as the timing needs
     seen, started = 0, 0.0
@@ -41,7 +41,7 @@ def seconds_per_example(run: Run, epoch: int) -> float:
         if step == 1:
             started = time.perf_counter()
         images, labels = next(batches)
-        train_step(trainer, images, labels, torch.Generator().manual_seed(step), epoch, "timing")
+        train_step(trainer, images, labels, torch.Generator().manual_seed(step), size, "timing")
         seen += len(labels) if step else 0
     return (time.perf_counter() - started) / seen
 
@@ -57,39 +57,33 @@ def seconds_per_evaluation(run: Run) -> float:
     return (time.perf_counter() - started) * len(run.pipeline.val_inputs[0][1]) / len(batch[0])
 
 
-def plan(run: Run, budget_minutes: float, started: float) -> int:
-    """Set --epochs to as many as fit in the budget (at least 1, at most --epochs), and the
-    schedule over them; every process of a distributed run follows the first one's plan."""
-    config = run.config
-    steps = steps_per_epoch(config, run.pipeline, run.session.world_size)
-    examples = steps * config.batch_size * run.session.world_size
-    small, large = (seconds_per_example(run, epoch) for epoch in (0, config.epochs - 1))
-    epoch_seconds, evaluation = examples * mean_cost(config, small, large), seconds_per_evaluation(run)
+def plan_in_budget(run: Run, budget_minutes: float, started: float) -> Plan:
+    """The plan with as many epochs as fit in the budget (at least 1, at most the run's plan's);
+    every process of a distributed run follows the first one's plan."""
+    config, plan, world = run.config, run.plan, run.session.world_size
+    examples = len(run.pipeline.train_inputs[1])
+    low, high = min(plan.sizes), max(plan.sizes)
+    small, large = seconds_per_example(run, low), seconds_per_example(run, high)
+    evaluation = seconds_per_evaluation(run)
     spent = time.perf_counter() - started
     left = budget_minutes * 60 * (1 - MARGIN) - spent
+    per_epoch = plan.steps_per_epoch * plan.batch_size * world  # examples trained per epoch
 
-    def needs(epochs: int) -> float:
-        evaluations = sum(replace(config, epochs=epochs).evaluates_after(e) for e in range(1, epochs + 1))
-        return epochs * epoch_seconds + evaluations * evaluation
+    def needs(candidate: Plan) -> float:
+        """Seconds of a plan: each epoch's cost interpolated by its crop area between the smallest and
+        the largest size (progressive resizing), and its evaluations."""
+        cost = [small + (large - small) * (s * s - low * low) / max(high * high - low * low, 1) for s in candidate.sizes]
+        return per_epoch * sum(cost) + len(candidate.evaluated) * evaluation
 
-    fitting = max([e for e in range(1, config.epochs + 1) if needs(e) <= left], default=1)
+    candidates = [make_plan(config, examples, world, epochs) for epochs in range(1, plan.epochs + 1)]
+    fitting = max([c.epochs for c in candidates if needs(c) <= left], default=1)
     fitting = int(distributed.all_sum([fitting if run.session.is_main else 0])[0])
-    print(f"time budget {budget_minutes:g} min: {epoch_seconds:.1f} s an epoch ({steps} steps), {evaluation:.1f} s "
-          f"an evaluation, {spent:.0f} s spent: {fitting} of at most {config.epochs} epochs, ending after about "
-          f"{(spent + needs(fitting)) / 60:.1f} min")
-    config.epochs = fitting
-    run.trainer.scheduler = make_schedule(config, run.trainer.optimizer, steps)
-    return fitting
-
-
-def mean_cost(config: TrainConfig, small: float, large: float) -> float:
-    """Seconds per example averaged over the epochs, each size's cost interpolated by its area
-    between the smallest and the largest (progressive resizing)."""
-    sizes = [config.train_size(epoch) for epoch in range(config.epochs)]
-    low, high = min(sizes), max(sizes)
-    if high == low:
-        return large
-    return sum(small + (large - small) * (s * s - low * low) / (high * high - low * low) for s in sizes) / len(sizes)
+    chosen = make_plan(config, examples, world, fitting, reason=(
+        f"time budget {budget_minutes:g} min: {per_epoch * large:.1f} s an epoch at full size "
+        f"({plan.steps_per_epoch} steps), {evaluation:.1f} s an evaluation, {spent:.0f} s spent: {fitting} of at "
+        f"most {plan.epochs} epochs"))
+    print(f"{chosen.reason}, ending after about {(spent + needs(chosen)) / 60:.1f} min")
+    return chosen
 
 
 class _Constant:

@@ -1,10 +1,11 @@
-"""The settings of a training run, as one dataclass that round-trips through the command line and
-the checkpoint. Fields left None are filled from the recipe (recipes.py) by `resolved()`.
+"""The settings of a training run, as one frozen dataclass that round-trips through the command
+line and the checkpoint. Fields left None (and --precision auto) are filled once, by `resolved()`,
+at the start of a run; after that nothing changes them. What a run derives from its settings and
+its data (epochs planned, batch size, crop size per epoch) is plan.py's Plan.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields, replace
 
 from classifier import recipes
@@ -28,7 +29,7 @@ def recipe_option(help: str, **extra):
     return field(default=None, metadata={"help": help, **extra})
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run: the command line is generated from these fields (cli.py)
     and a checkpoint stores them, so a run can always be repeated or resumed."""
@@ -75,7 +76,8 @@ class TrainConfig:
     time_budget: float = recipe_option("minutes the whole run may take from process start: the first steps are "
                                        "timed and as many epochs as fit are trained, at most --epochs (0: no "
                                        "budget; 0 when --epochs is given: exactly that many epochs)")
-    min_steps: int = recipe_option("at least this many optimizer steps: more epochs for a small folder "
+    min_steps: int = recipe_option("at least this many optimizer steps: a small folder's epochs pass over its "
+                                   "photos several times "
                                    "(0 when --epochs is given: exactly that many epochs)")
     batch_size: int = recipe_option("images per step (per process under torchrun: the global batch is N times larger)")
     augment: bool = option(True, "random resized crops and flips while training")
@@ -119,39 +121,27 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def resolved(self) -> "TrainConfig":
-        """Fill the settings left unset from the recipe (with --init, that of the checkpoint's
-        model, pretrained if it was; from scratch, the larger one where the run computes in bf16
-        natively), and the test-time sizes as --help says."""
-        name, pretrained = self.model, self.pretrained or bool(self.weights)
+        """The settings a run uses, resolved once: the precision for the device; unset settings
+        from the recipe (with --init, that of the checkpoint's model, pretrained if it was, and
+        the checkpoint's image sizes; from scratch, the larger recipe where the run computes in
+        bf16 natively); the test-time sizes as --help says. Resolving twice changes nothing."""
+        name, pretrained, kept = self.model, self.pretrained or bool(self.weights), {}
         if self.init:
             checkpoint = load_checkpoint(self.init)
             used = checkpoint.get("config", {})
             name, pretrained = checkpoint["model"]["name"], bool(used.get("pretrained") or used.get("weights"))
-        bf16 = resolve_precision(self.precision, select_device(self.device)) == "bf16"
-        recipe = recipes.recipe(name, pretrained, bf16)
+            kept = {"image_size": checkpoint["preprocessing"]["image_size"],  # --init keeps its model's sizes
+                    "tta_sizes": tuple(checkpoint["preprocessing"].get("tta_sizes", ()))}
+        precision = resolve_precision(self.precision, select_device(self.device))
+        recipe = recipes.recipe(name, pretrained, precision == "bf16")
         if self.epochs is not None:
             recipe = {**recipe, "min_steps": 0, "time_budget": 0}  # --epochs N: exactly N epochs
         unset = {f.name: recipe[f.name] for f in fields(self)
                  if getattr(self, f.name) is None and f.name in recipe and f.name != "tta_sizes"}
-        config = replace(self, model=name, **unset)
+        config = replace(self, model=name, precision=precision, **{**unset, **kept})
         if config.tta_sizes is None:
-            config.tta_sizes = default_tta_sizes(config, recipe)
+            config = replace(config, tta_sizes=default_tta_sizes(config, recipe))
         return config
-
-    def train_size(self, epoch: int) -> int:
-        """The training crop size of a 0-based epoch: with --size-from, growing from it to
-        --image-size over the first --size-ramp of the epochs in steps of 8 pixels (progressive
-        resizing: early epochs learn coarse shapes at a fraction of the cost), then --image-size."""
-        ramp = round(self.epochs * self.size_ramp)
-        if not self.size_from or epoch >= ramp:
-            return self.image_size
-        size = self.size_from + (self.image_size - self.size_from) * epoch / max(ramp - 1, 1)
-        return min(self.image_size, int(size // 8 * 8))
-
-    def evaluates_after(self, epoch: int) -> bool:
-        """Whether val is evaluated (and best.pt possibly saved) after this 1-based epoch."""
-        every = self.eval_every or math.ceil(self.epochs / 10)
-        return epoch % every == 0 or epoch == self.epochs
 
 
 def default_tta_sizes(config: TrainConfig, recipe: dict) -> tuple:

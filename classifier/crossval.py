@@ -25,6 +25,7 @@ from classifier.features import Features, compute_features, uses_cached_features
 from classifier.fitting import (Pipeline, Run, build_model, class_weights, fit, image_pipeline, load_splits,
                                 make_trainer, per_class_accuracy, pipeline_on_features)
 from classifier.loop import StopSignal, TrainState, make_ema
+from classifier.plan import make_plan
 from classifier.progress import progress
 
 SMALL_VAL = 10  # fewer val photos of a class than this: its val accuracy says little
@@ -73,10 +74,24 @@ def pooled_inputs(config: TrainConfig, dataset: Dataset, session: distributed.Se
     return (features, evaluated), features.labels, preprocessing
 
 
-def cross_validate(config: TrainConfig, dataset: Dataset, session: distributed.Session, folds: int) -> dict:
-    """The out-of-fold accuracy of the run's recipe: overall, per fold and per class."""
-    config = replace(config, eval_every=config.epochs)  # evaluated once, after the last epoch
-    inputs, labels, preprocessing = pooled_inputs(config, dataset, session)
+def reused_inputs(run: Run | None):
+    """The pooled photos' features from the run's own, train then val, when the run computed them
+    as pooled_inputs would (one view of each photo at one size: the probe recipe); else None."""
+    if run is None or run.pipeline.features is None:
+        return None
+    train, val = run.pipeline.features
+    if train.values.shape[1] != 1 or len(val) != 1 or val[0].values.shape[1] != 1:
+        return None
+    pooled = Features(torch.cat([train.values, val[0].values]), torch.cat([train.labels, val[0].labels]),
+                      train.paths + val[0].paths)
+    return (pooled, [pooled]), pooled.labels, run.preprocessing
+
+
+def cross_validate(config: TrainConfig, dataset: Dataset, session: distributed.Session, folds: int,
+                   run: Run | None = None) -> dict:
+    """The out-of-fold accuracy of the run's recipe: overall, per fold and per class. With the
+    `run` it estimates, the frozen network's pass over the photos is not made twice."""
+    inputs, labels, preprocessing = reused_inputs(run) or pooled_inputs(config, dataset, session)
     fold_of, predicted = stratified_folds(labels, folds, config.seed), torch.zeros_like(labels)
     for fold in progress(range(folds), f"{folds}-fold cross-validation", unit="fold"):
         held = fold_of == fold
@@ -84,9 +99,11 @@ def cross_validate(config: TrainConfig, dataset: Dataset, session: distributed.S
         model, _ = build_model(config, dataset.classes)
         model.to(session.device)
         pipeline = fold_pipeline(config, model, preprocessing, inputs, held, session)
+        plan = make_plan(config, len(pipeline.train_inputs[1]), session.world_size)
+        plan = replace(plan, evaluated=(plan.epochs,))  # evaluated once, after the last epoch
         weights = class_weights(labels[~held], len(dataset.classes), config.balance)
-        trainer = make_trainer(config, model, pipeline, make_ema(model, config.ema), session, weights)
-        run = Run(config, session, None, dataset.classes, preprocessing, trainer, pipeline, [])
+        trainer = make_trainer(config, plan, model, pipeline, make_ema(model, config.ema), session, weights)
+        run = Run(config, session, None, dataset.classes, preprocessing, trainer, pipeline, [], plan)
         fit(run, TrainState(), StopSignal(), time.perf_counter())
         predicted[held] = run.best_probabilities.argmax(1)
     return summarize(predicted, labels, fold_of, dataset.classes)

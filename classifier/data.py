@@ -283,7 +283,8 @@ def check_usable(train: CachedImageFolder, val: CachedImageFolder, root) -> None
 class Batches:
     """Batches of (inputs, labels) cut from tensors held in memory.
 
-    shuffle draws a new order each epoch from `generator`; rank/world_size give each
+    shuffle draws a new order for each pass from `generator`; `passes` goes over the images
+    that many times (a small folder's epoch, see plan.py); rank/world_size give each
     process of a distributed run its share of every global batch of batch_size * world_size
     images (rank r takes the r-th slice), so the ranks together see exactly the batches one
     process with the global batch size would see, in the same order.
@@ -291,24 +292,25 @@ class Batches:
 
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
                  drop_last: bool = False, generator: torch.Generator | None = None,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, passes: int = 1):
         self.inputs, self.labels, self.batch_size = inputs, labels, batch_size
         self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.passes = rank, world_size, passes
 
     def __len__(self) -> int:
         n, size = len(self.labels), self.batch_size * self.world_size
-        return n // size if self.drop_last else math.ceil(n / size)
+        return self.passes * (n // size if self.drop_last else math.ceil(n / size))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, size = len(self.labels), self.batch_size * self.world_size
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start in range(0, len(order), size):
-            if self.drop_last and start + size > n:
-                break
-            index = order[start:start + size].tensor_split(self.world_size)[self.rank]
-            if len(index):
-                yield self.inputs[index], self.labels[index]
+        for _ in range(self.passes):
+            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            for start in range(0, len(order), size):
+                if self.drop_last and start + size > n:
+                    break
+                index = order[start:start + size].tensor_split(self.world_size)[self.rank]
+                if len(index):
+                    yield self.inputs[index], self.labels[index]
 
 
 # --------------------------------------------------------------------------- command line

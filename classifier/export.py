@@ -36,7 +36,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from classifier import neither
 from classifier.cli import run_command
 from classifier.errors import ClassifierError
 from classifier.inference import EXPORT_FORMAT, ONNX_HELP, Classifier
@@ -46,37 +45,37 @@ FORMATS = ("onnx", "torchscript")
 
 class ExportedModel(nn.Module):
     """uint8 images -> (probabilities, logits[, imagenet_logits[, similarity]]): normalization, the model,
-    the temperature and softmax in one module."""
+    the temperature and softmax in one module; the neither rule's similarity (its bank inside)."""
 
     def __init__(self, classifier: Classifier):
         super().__init__()
         self.model = classifier.model
         self.temperature = classifier.temperature
-        self.imagenet = neither.uses_imagenet(classifier.neither)
+        self.neither = classifier.neither if classifier.neither and classifier.neither.uses_imagenet else None
         self.register_buffer("mean", torch.tensor(classifier.preprocessing.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(classifier.preprocessing.std).view(1, 3, 1, 1))
-        self.bank = None if classifier.bank is None or not self.imagenet else \
-            torch.nn.functional.normalize(classifier.bank.float(), dim=1)
+        self.similarity = self.neither is not None and self.neither.bank is not None
 
     def forward(self, images: torch.Tensor):
         x = (images.float() / 255 - self.mean) / self.std  # as Preprocessing.normalize
-        if not self.imagenet:
+        if self.neither is None:
             logits = self.model(x)
             return (logits / self.temperature).softmax(1), logits
         logits, imagenet_logits, embedding = self.model.forward_all(x)
         outputs = ((logits / self.temperature).softmax(1), logits, imagenet_logits)
-        return outputs if self.bank is None else (*outputs, neither.nearest_similarity(embedding, self.bank))
+        return (*outputs, self.neither.similarity(embedding)) if self.similarity else outputs
 
     def output_names(self) -> list[str]:
-        return ["probabilities", "logits"] + (["imagenet_logits"] if self.imagenet else []) \
-            + (["similarity"] if self.bank is not None else [])
+        return ["probabilities", "logits"] + (["imagenet_logits"] if self.neither else []) \
+            + (["similarity"] if self.similarity else [])
 
 
 def metadata(classifier: Classifier) -> dict[str, str]:
     """What travels with the exported file, as strings: enough to use it with nothing else."""
     return {"format": EXPORT_FORMAT, "classes": json.dumps(classifier.classes),
             "preprocessing": json.dumps(classifier.preprocessing.to_dict()),
-            "temperature": repr(classifier.temperature), "neither": json.dumps(classifier.neither),
+            "temperature": repr(classifier.temperature),
+            "neither": json.dumps(classifier.neither.to_dict() if classifier.neither else None),
             "tta": json.dumps(classifier.tta)}
 
 

@@ -2,12 +2,14 @@
 
     build_model(config, classes)                    -> model and its preprocessing
     image_pipeline(...) / feature_pipeline(...)     -> Pipeline: what feeds the loop, and how
-    make_trainer(config, model, pipeline, ...)      -> loop.Trainer: optimizer, schedule, ...
-    fit(run, state, stop, started)                  -> the epochs: train_one_epoch, evaluate,
-                                                       calibrate, metrics.jsonl, best.pt, last.pt
+    make_trainer(config, plan, model, pipeline, ...) -> loop.Trainer: optimizer, schedule, ...
+    fit(run, state, stop, started)                  -> the epochs, top to bottom:
+        for each epoch: train_one_epoch -> validate (when due) -> log_epoch -> save_epoch
 
 train.py builds a Run from the command line and calls fit; crossval.py calls fit once per fold
-on the same pieces, writing nothing (Run.out None).
+on the same pieces, writing nothing (Run.out None); a studio job runs train.py. Progress and
+epoch results are events (Run.emit: a callable gets dicts; train.py writes them to
+OUT/events.jsonl), besides the progress bar and the epoch lines.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from classifier.features import Features, compute_features, feature_views
 from classifier.images import Preprocessing
 from classifier.loop import StopSignal, Trainer, TrainState, evaluate, make_optimizer, make_schedule, train_one_epoch
 from classifier.models import create_model, model_arguments, model_entry
-from classifier.neither import neither_rule
+from classifier.neither import NeitherRule, training_bank
+from classifier.plan import Plan
 from classifier.runs import append_metrics
-from classifier.runtime import grad_scaler, memory_format
+from classifier.runtime import grad_scaler, memory_format, one_thread
 from classifier.tta import average, decodings, model_outputs
 
 
@@ -91,6 +94,8 @@ class Pipeline:
     module: Callable  # what `forward` computes, unwrapped (no DistributedDataParallel): FLOPs are counted on it
     setup_flops: float = 0.0  # work done before the first step (the frozen pass over every photo)
     bank: torch.Tensor | None = None  # the training photos' ImageNet features, for the neither rule
+    small_steps: bool = False  # a step is a few tiny operations (a linear probe): run on one thread
+    features: tuple | None = None  # the cached features (train, [val at each size]): cross-validation reuses them
 
 
 def image_pipeline(config: TrainConfig, trainee: nn.Module, preprocessing: Preprocessing, crops: Augmentation | None,
@@ -98,8 +103,8 @@ def image_pipeline(config: TrainConfig, trainee: nn.Module, preprocessing: Prepr
     """Photos: each step crops, flips and mixes the batch, then runs the whole model."""
     layout, shard = memory_format(config.channels_last), {"rank": session.rank, "world_size": session.world_size}
 
-    def prepare(images, labels, generator, epoch):
-        x = augment(images, generator, crops, **shard, size=config.train_size(epoch)) if crops else images
+    def prepare(images, labels, generator, size):
+        x = augment(images, generator, crops, **shard, size=size) if crops else images
         if config.mixing != "none":
             x, labels = mix(x, labels, len(train.classes), config.mixing, generator)
         return preprocessing.normalize(x).contiguous(memory_format=layout), labels
@@ -121,25 +126,18 @@ def feature_pipeline(config: TrainConfig, model: nn.Module, preprocessing: Prepr
     val_features = [compute_features(model, v.decoded(), preprocessing, device, flip=config.tta,
                                      precision=config.precision, desc="features of val") for v in val]
     pipeline = pipeline_on_features(model, features, val_features, preprocessing.tta_below)
-    pipeline.bank = imagenet_bank(model, features, device)
+    pipeline.bank = training_bank(model, features.values[:, 0], device)  # each photo's first view
+    pipeline.features = (features, val_features)
     pipeline.setup_flops = sum(frozen_flops(model, split.images.shape[-1], device) * f.values.shape[0] * f.values.shape[1]
                                for f, split in zip([features, *val_features], [train, *val]))
     return pipeline
 
 
-def imagenet_bank(model: nn.Module, features: Features, device: torch.device, batch: int = 256) -> torch.Tensor | None:
-    """The original network's pooled features of every training photo (its first view): what the
-    neither rule compares a new photo with (neither.py). None for models without an ImageNet head."""
-    if not hasattr(model, "imagenet_embedding"):
-        return None
-    with evaluating(model), torch.inference_mode():
-        return torch.cat([model.imagenet_embedding(features.values[i:i + batch, 0].float().to(device)).cpu()
-                          for i in range(0, len(features), batch)]).half()
-
-
 def count_flops(function: Callable, *args) -> float:
-    """Floating-point operations of one call (torch.utils.flop_counter), without gradients."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    """Floating-point operations of one call (torch.utils.flop_counter), without gradients; the
+    total only (depth 0: no per-module tally, which made counting a pretrained network's pass
+    take 10x its time)."""
+    with torch.no_grad(), FlopCounterMode(display=False, depth=0) as counter:
         function(*args)
     return float(counter.get_total_flops())
 
@@ -161,13 +159,13 @@ def frozen_flops(model: nn.Module, size: int, device: torch.device) -> float:
         return count_flops(model.frozen_features, torch.zeros(1, 3, size, size, device=device))
 
 
-def step_flops(run: "Run", epoch: int) -> tuple[float, float]:
+def step_flops(run: "Run", size: int) -> tuple[float, float]:
     """(FLOPs to train on one example, FLOPs to evaluate one val photo): training counted as three
     times the forward pass (forward, and a backward pass of about twice its work). Counted in eval
     mode, so that no batch-norm statistic or random number the run uses is touched."""
     inputs, labels = run.pipeline.train_inputs
     x, _ = run.pipeline.prepare(inputs[:1].to(run.trainer.device), labels[:1].to(run.trainer.device),
-                                torch.Generator().manual_seed(0), epoch)
+                                torch.Generator().manual_seed(0), size)
     with evaluating(run.trainer.model):
         training = 3 * count_flops(run.pipeline.module, x)
     sizes = [images[:1].to(run.trainer.device) for images, _ in run.pipeline.val_inputs]
@@ -180,8 +178,13 @@ def pipeline_on_features(model: nn.Module, train: Features, val: list[Features],
     def logits_of(inference_model):
         return lambda sizes: average(lambda f: (inference_model.tail(f),), feature_views(sizes), tta_below)[0]
 
+    probe = model.frozen_stages == len(model.stages)  # every stage frozen: only the output layer trains
     return Pipeline(train.examples(), [(f.values, f.labels) for f in val],
-                    lambda x, labels, generator, epoch: (x.float(), labels), model.tail, logits_of, model.tail)
+                    lambda x, labels, generator, size: (x.float(), labels), model.tail, logits_of, model.tail,
+                    small_steps=probe)
+
+
+STEP_EVENT_SECONDS = 0.5  # step events at most this often (and after each epoch's last step)
 
 
 @dataclass
@@ -190,15 +193,19 @@ class Run:
 
     config: TrainConfig
     session: distributed.Session
-    out: Path | None  # None: write nothing (cross-validation in the benchmarks)
+    out: Path | None  # None: write nothing (cross-validation)
     classes: list[str]
     preprocessing: Preprocessing
     trainer: Trainer
     pipeline: Pipeline
     val_sets: list[CachedImageFolder]
-    calibrated: dict = field(default_factory=dict)  # temperature, calibration, neither rule of the latest val
+    plan: Plan
+    listener: Callable[[dict], None] | None = None  # gets every event (emit), on the first process
+    calibrated: dict = field(default_factory=dict)  # temperature and calibration of the latest val
+    neither: NeitherRule | None = None  # the neither rule fitted with them
     best_probabilities: torch.Tensor | None = None  # best.pt's calibrated val probabilities
     cross_validation: dict | None = None  # crossval.py's estimate, kept in the checkpoints
+    label_check: dict | None = None  # train.label_check: training photos that look like another class
     flops_per_step: dict = field(default_factory=dict)  # step_flops() of each training size, counted once
 
     @property
@@ -206,17 +213,34 @@ class Run:
         """What is evaluated and saved: the moving average of the weights, if any."""
         return self.trainer.ema.module if self.trainer.ema else self.trainer.model
 
+    def emit(self, kind: str, **fields) -> None:
+        """One event for the listener: {"event": kind, "time": unix seconds, **fields}."""
+        if self.listener and self.session.is_main:
+            self.listener({"event": kind, "time": round(time.time(), 3), **fields})
+
+    def use_plan(self, plan: Plan) -> None:
+        """Follow another plan (a time budget's), with the schedule laid over its steps; before the first step."""
+        self.plan = plan
+        self.trainer.scheduler = make_schedule(self.config, self.trainer.optimizer, plan)
+
+
+class Stopped(ClassifierError):
+    """A stop was asked for (Ctrl-C, SIGTERM): last.pt is saved, the message says how to resume."""
+
 
 def save(run: Run, state: TrainState, name: str, metrics: dict, with_state: bool) -> None:
     """best.pt (no training state) or last.pt (enough to resume), from the first process only."""
     if not run.session.is_main or run.out is None:
         return
     trainer = run.trainer
-    extra = {"epoch": state.epoch, "metrics": metrics, "config": asdict(run.config), **run.calibrated}
+    extra = {"epoch": state.epoch, "metrics": metrics, "config": asdict(run.config), "plan": run.plan.to_dict(),
+             **run.calibrated}
     if run.cross_validation:
         extra["cross_validation"] = run.cross_validation
-    if "similar" in (run.calibrated.get("neither") or {}):
-        extra["neither_bank"] = run.pipeline.bank
+    if run.label_check:
+        extra["label_check"] = run.label_check
+    if run.neither:
+        extra.update(run.neither.to_checkpoint())
     if with_state:
         extra["training_state"] = {
             **state.to_dict(), "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
@@ -229,9 +253,11 @@ def save(run: Run, state: TrainState, name: str, metrics: dict, with_state: bool
 def stop_here(run: Run, state: TrainState, metrics: dict, reason: str):
     save(run, state, "last.pt", metrics, with_state=True)
     launcher = "python" if run.session.world_size == 1 else "torchrun <the same options>"
-    raise ClassifierError(f"stopped by {reason or 'a signal to another process'} at epoch {state.epoch + 1}, "
-                          f"step {state.step}; progress saved. Resume with: {launcher} train.py --resume "
-                          f"{run.out / 'last.pt'}")
+    resume = f"{launcher} train.py --resume {run.out / 'last.pt'}"
+    run.emit("stopped", reason=reason or "a signal to another process", epoch=state.epoch + 1, step=state.step,
+             resume=resume)
+    raise Stopped(f"stopped by {reason or 'a signal to another process'} at epoch {state.epoch + 1}, "
+                  f"step {state.step}; progress saved. Resume with: {resume}")
 
 
 def validate(run: Run, epoch: int) -> dict:
@@ -244,8 +270,8 @@ def validate(run: Run, epoch: int) -> dict:
         raise ClassifierError(f"the validation loss became {val['loss']} at epoch {epoch}: training diverged; "
                               f"try a lower --lr (now {config.lr}); saved checkpoints were kept")
     fit = calibrate(val["logits"], val["labels"])
-    run.calibrated = {"temperature": fit["temperature"], "calibration": fit,
-                      "neither": neither_rule(run.inference_model, run.classes, val["logits"], run.pipeline.bank)}
+    run.calibrated = {"temperature": fit["temperature"], "calibration": fit}
+    run.neither = NeitherRule.fit(run.inference_model, run.classes, val["logits"], run.pipeline.bank)
     val["probabilities"] = (val["logits"] / fit["temperature"]).softmax(1)
     val["metrics"] = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "temperature": fit["temperature"],
                       "ece": fit["ece_before"], "ece_calibrated": fit["ece_after"],
@@ -253,47 +279,107 @@ def validate(run: Run, epoch: int) -> dict:
     return val
 
 
-def end_epoch(run: Run, state: TrainState, seconds: float, started_run: float) -> dict:
-    """Evaluate if due, log the epoch, save last.pt and (if val improved) best.pt."""
+def epoch_metrics(run: Run, state: TrainState, seconds: float, val: dict | None, started: float) -> dict:
+    """The epoch's record for metrics.jsonl: train loss and accuracy, learning rate, speed, val
+    results if evaluated, and the floating-point operations of the run so far."""
     epoch, running = state.epoch + 1, state.running
     metrics = {"epoch": epoch, "train_loss": running.loss, "train_accuracy": running.accuracy,
                "lr": run.trainer.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
-               "images_per_second": round(running.seen / seconds, 1)}
-    line = f"epoch {epoch}/{run.config.epochs}  train loss {running.loss:.4f} acc {running.accuracy:.2%}"
-    val = validate(run, epoch) if run.config.evaluates_after(epoch) else None
-    if val:
-        metrics.update(val["metrics"])
-        line += f"  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}"
-    size = run.config.train_size(epoch - 1)
-    run.flops_per_step[size] = run.flops_per_step.get(size) or step_flops(run, epoch - 1)
+               "images_per_second": round(running.seen / seconds, 1), **(val["metrics"] if val else {})}
+    size = run.plan.train_size(epoch - 1)
+    run.flops_per_step[size] = run.flops_per_step.get(size) or step_flops(run, size)
     per_example, per_val_photo = run.flops_per_step[size]
     state.flops += (running.seen * per_example + (len(val["labels"]) * per_val_photo if val else 0)
                     + (run.pipeline.setup_flops if epoch == 1 else 0))
-    metrics["tflop"], metrics["elapsed"] = round(state.flops / 1e12, 3), round(time.perf_counter() - started_run, 3)
-    if run.out is not None and (val or run.config.epochs <= 30):  # long runs: the evaluated epochs
-        print(f"{line}  lr {metrics['lr']:.4g}  {seconds:.1f}s  {metrics['images_per_second']:.0f} img/s")
-    if run.session.is_main and run.out is not None:
-        append_metrics(run.out, metrics)
-    state.next_epoch()
-    if val and val["accuracy"] > state.best_accuracy:
-        state.best_accuracy, run.best_probabilities = val["accuracy"], val["probabilities"]
-        save(run, state, "best.pt", metrics, with_state=False)
-    save(run, state, "last.pt", metrics, with_state=True)
+    metrics["tflop"], metrics["elapsed"] = round(state.flops / 1e12, 3), round(time.perf_counter() - started, 3)
     return metrics
 
 
-def make_trainer(config: TrainConfig, model: nn.Module, pipeline: Pipeline, ema, session: distributed.Session,
-                 class_weights: torch.Tensor | None = None) -> Trainer:
-    """The optimizer, its schedule over the run's steps, and the rest of what every step uses."""
-    steps = len(Batches(*pipeline.train_inputs, config.batch_size * session.world_size, drop_last=True))
+def log_epoch(run: Run, metrics: dict) -> None:
+    """The epoch's line (in long runs only for evaluated epochs), metrics.jsonl and the event."""
+    line = (f"epoch {metrics['epoch']}/{run.plan.epochs}  train loss {metrics['train_loss']:.4f} "
+            f"acc {metrics['train_accuracy']:.2%}")
+    if "val_loss" in metrics:
+        line += f"  val loss {metrics['val_loss']:.4f} acc {metrics['val_accuracy']:.2%}"
+    if run.out is not None and ("val_loss" in metrics or run.plan.epochs <= 30):
+        print(f"{line}  lr {metrics['lr']:.4g}  {metrics['seconds']:.1f}s  {metrics['images_per_second']:.0f} img/s")
+    if run.session.is_main and run.out is not None:
+        append_metrics(run.out, metrics)
+    run.emit("epoch", **metrics)
+
+
+def save_epoch(run: Run, state: TrainState, metrics: dict, val: dict | None) -> None:
+    """last.pt after every epoch; best.pt when val accuracy improved."""
+    if val and val["accuracy"] > state.best_accuracy:
+        state.best_accuracy, state.best_epoch, run.best_probabilities = val["accuracy"], state.epoch, val["probabilities"]
+        save(run, state, "best.pt", metrics, with_state=False)
+    save(run, state, "last.pt", metrics, with_state=True)
+
+
+def end_epoch(run: Run, state: TrainState, seconds: float, started: float) -> dict:
+    """After an epoch's last step: validate if planned, log the epoch, move on, save; its metrics."""
+    val = validate(run, state.epoch + 1) if run.plan.evaluates_after(state.epoch + 1) else None
+    metrics = epoch_metrics(run, state, seconds, val, started)
+    log_epoch(run, metrics)
+    state.next_epoch()
+    save_epoch(run, state, metrics, val)
+    return metrics
+
+
+def step_events(run: Run, state: TrainState, started: float) -> Callable[[TrainState], None]:
+    """on_step for train_one_epoch: a "step" event at most every STEP_EVENT_SECONDS and after an
+    epoch's last step, with the running loss and accuracy, learning rate, speed and time left."""
+    steps_per_epoch, first = run.plan.steps_per_epoch, state.epoch * run.plan.steps_per_epoch + state.step
+    last = [0.0]
+
+    def on_step(now_at: TrainState) -> None:
+        now = time.perf_counter()
+        if now - last[0] < STEP_EVENT_SECONDS and now_at.step < steps_per_epoch:
+            return
+        last[0], done = now, now_at.epoch * steps_per_epoch + now_at.step
+        elapsed = now - started
+        run.emit("step", epoch=now_at.epoch + 1, epochs=run.plan.epochs, step=now_at.step, steps=steps_per_epoch,
+                 loss=now_at.running.loss, accuracy=now_at.running.accuracy,
+                 lr=run.trainer.optimizer.param_groups[0]["lr"], elapsed=round(elapsed, 3),
+                 images_per_second=round((done - first) * run.plan.batch_size * run.session.world_size / elapsed, 1),
+                 eta=round(elapsed / max(done - first, 1) * (run.plan.steps - done), 1))
+
+    return on_step
+
+
+def fit(run: Run, state: TrainState, stop: StopSignal, started: float) -> dict:
+    """The epochs, from where `state` is to the last planned one; returns the last epoch's metrics.
+    Tiny steps (a linear probe) run on one thread: on a busy CPU each of their operations otherwise
+    waits for a second thread, 10-20x slower (runtime.one_thread)."""
+    plan, session, metrics = run.plan, run.session, {}
+    run.emit("start", epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch, batch_size=plan.batch_size,
+             images=len(run.pipeline.train_inputs[1]), classes=run.classes, model=run.config.model,
+             resumed=bool(state.epoch or state.step))
+    if plan.reason:
+        run.emit("plan", epochs=plan.epochs, reason=plan.reason)
+    batches = Batches(*run.pipeline.train_inputs, plan.batch_size, shuffle=True, drop_last=True,
+                      rank=session.rank, world_size=session.world_size, passes=plan.passes)
+    on_step = step_events(run, state, time.perf_counter())
+    with one_thread() if run.pipeline.small_steps else contextlib.nullcontext():
+        while state.epoch < plan.epochs:
+            epoch_started = time.perf_counter()
+            if not train_one_epoch(run.trainer, batches, state, stop, plan, session.is_main and run.out is not None,
+                                   on_step):
+                stop_here(run, state, metrics, stop.requested)
+            metrics = end_epoch(run, state, time.perf_counter() - epoch_started, started)
+            if distributed.any_rank(stop.requested) and state.epoch < plan.epochs:
+                stop_here(run, state, metrics, stop.requested)
+    run.emit("end", best_epoch=state.best_epoch, best_accuracy=state.best_accuracy, epochs=plan.epochs)
+    return metrics
+
+
+def make_trainer(config: TrainConfig, plan: Plan, model: nn.Module, pipeline: Pipeline, ema,
+                 session: distributed.Session, class_weights: torch.Tensor | None = None) -> Trainer:
+    """The optimizer, its schedule over the planned steps, and the rest of what every step uses."""
     optimizer = make_optimizer(config, model)
     weights = None if class_weights is None else class_weights.to(session.device)
-    return Trainer(model, pipeline.forward, pipeline.prepare, optimizer, make_schedule(config, optimizer, steps),
+    return Trainer(model, pipeline.forward, pipeline.prepare, optimizer, make_schedule(config, optimizer, plan),
                    grad_scaler(session.device, config.precision), ema, config, session.device, config.freeze, weights)
-
-
-def steps_per_epoch(config: TrainConfig, pipeline: Pipeline, world_size: int = 1) -> int:
-    return len(Batches(*pipeline.train_inputs, config.batch_size * world_size, drop_last=True))
 
 
 def class_weights(labels: torch.Tensor, num_classes: int, balance: bool) -> torch.Tensor | None:
@@ -308,18 +394,3 @@ def class_weights(labels: torch.Tensor, num_classes: int, balance: bool) -> torc
 def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, float]:
     right = logits.argmax(1) == labels
     return {name: right[labels == i].float().mean().item() for i, name in enumerate(classes) if (labels == i).any()}
-
-
-def fit(run: Run, state: TrainState, stop: StopSignal, started: float) -> dict:
-    """The epochs, from where `state` is to the last; returns the last epoch's metrics."""
-    config, session, metrics = run.config, run.session, {}
-    shard = {"rank": session.rank, "world_size": session.world_size}
-    batches = Batches(*run.pipeline.train_inputs, config.batch_size, shuffle=True, drop_last=True, **shard)
-    while state.epoch < config.epochs:
-        epoch_started = time.perf_counter()
-        if not train_one_epoch(run.trainer, batches, state, stop, show=session.is_main and run.out is not None):
-            stop_here(run, state, metrics, stop.requested)
-        metrics = end_epoch(run, state, time.perf_counter() - epoch_started, started)
-        if distributed.any_rank(stop.requested) and state.epoch < config.epochs:
-            stop_here(run, state, metrics, stop.requested)
-    return metrics

@@ -214,7 +214,7 @@ def decode_images(
     """
     cache_file = None
     if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"decoded-{_cache_key(paths, labels, preprocessing)}.pt"
+        cache_file = Path(cache_dir) / f"decoded-{cache_key(paths, labels, preprocessing)}.pt"
         if cache_file.exists():
             try:
                 cached = torch.load(cache_file, mmap=True, weights_only=True)
@@ -248,7 +248,9 @@ def decode_images(
     return decoded
 
 
-def _cache_key(paths, labels, preprocessing: Preprocessing) -> str:
+def cache_key(paths, labels, preprocessing: Preprocessing) -> str:
+    """A name for what decoding these files this way gives: any change to a file, the list or the
+    decode settings changes it."""
     digest = hashlib.sha256()
     digest.update(json.dumps([preprocessing.image_size, preprocessing.resize]).encode())
     for path, label in zip(paths, labels):
@@ -260,8 +262,9 @@ def _cache_key(paths, labels, preprocessing: Preprocessing) -> str:
     return digest.hexdigest()[:20]
 
 
-def walk_images(folder: Path) -> list[str]:
-    """Image files below folder, sorted; follows symlinks but never the same folder twice."""
+def walk_images(folder: Path, keep: Callable[[str], bool] = is_image_file) -> list[str]:
+    """Image files (or the files whose name `keep` accepts) below folder, sorted; follows
+    symlinks but never the same folder twice."""
     found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -270,7 +273,7 @@ def walk_images(folder: Path) -> list[str]:
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [os.path.join(dirpath, name) for name in filenames if is_image_file(name)]
+        found += [os.path.join(dirpath, name) for name in filenames if keep(name)]
     return sorted(found)
 
 

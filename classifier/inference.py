@@ -21,10 +21,10 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from classifier import neither
 from classifier.checkpoint import load_checkpoint, model_from_checkpoint
 from classifier.errors import ClassifierError
 from classifier.images import Preprocessing, Source, decode_stream
+from classifier.neither import NeitherRule
 from classifier.runtime import fuse_batch_norms, resolve_precision, select_device
 from classifier.tta import Batches, as_list, average, decodings, model_outputs, views
 
@@ -41,11 +41,10 @@ class Classifier:
     preprocessing: Preprocessing
     temperature: float = 1.0
     device: torch.device = torch.device("cpu")
-    neither: dict | None = None  # {"method": "imagenet" or "energy", "threshold"}: see neither.py
+    neither: NeitherRule | None = None  # how a photo of none of the classes is found (neither.py)
     precision: str = "fp32"  # of the forward pass: fp32, bf16 or fp16 (see runtime.autocast)
     tta: bool = False  # the default of every method's `tta`: how training evaluated the model, which
     #                    is what its accuracy, temperature and neither threshold were measured on
-    bank: torch.Tensor | None = None  # training photos' features, for the neither rule's similarity
 
     @classmethod
     def load(cls, path: str | Path = "checkpoints/best.pt", device: str = "auto",
@@ -61,9 +60,8 @@ class Classifier:
         model = model_from_checkpoint(checkpoint, path).eval()
         model = (fuse_batch_norms(model) if fuse else model).to(device, memory_format=torch.channels_last)
         return cls(model, checkpoint["classes"], Preprocessing(**checkpoint["preprocessing"]),
-                   float(checkpoint.get("temperature", 1.0)), device, checkpoint.get("neither"),
-                   resolve_precision(precision, device), bool(checkpoint.get("config", {}).get("tta", False)),
-                   checkpoint.get("neither_bank"))
+                   float(checkpoint.get("temperature", 1.0)), device, NeitherRule.from_checkpoint(checkpoint),
+                   resolve_precision(precision, device), bool(checkpoint.get("config", {}).get("tta", False)))
 
     def decode(self, source: Source, tta: bool | None = None, name: str | None = None) -> list[torch.Tensor]:
         """One photo (a path, a PIL image, or a file's bytes named `name`) -> the uint8 tensors a
@@ -71,24 +69,24 @@ class Classifier:
         sizes. tta None: self.tta, in every method."""
         return [p.decode(source, name) for p in decodings(self.preprocessing, self.tta if tta is None else tta)]
 
-    def logits(self, images: Batches, tta: bool | None = None, imagenet: bool = False):
-        """uint8 images [N, 3, S, S] (a list of them, one per decoding, with TTA) -> (logits,
-        ImageNet logits or None, similarity to the nearest training photo or None), float32,
-        averaged over the views, before the temperature."""
+    def logits(self, images: Batches, tta: bool | None = None, known: bool = False):
+        """uint8 images [N, 3, S, S] (a list of them, one per decoding, with TTA) -> (logits, and
+        with `known` what the neither rule reads: ImageNet logits and similarity to the training
+        photos, else None), float32, averaged over the views, before the temperature."""
         images = [x.to(self.device).contiguous(memory_format=torch.channels_last) for x in as_list(images)]
         return model_outputs(self.model, images, self.preprocessing, self.tta if tta is None else tta,
-                             self.precision, imagenet, self.bank if imagenet else None)
+                             self.precision, self.neither if known else None)
 
     @torch.inference_mode()
     def outputs(self, images: Batches, tta: bool | None = None, known: bool = True):
         """uint8 images -> (probabilities [N, classes], known scores [N] or None): how much each
-        image looks like the trained classes; below self.neither["threshold"] it is neither."""
+        image looks like the trained classes; below the rule's threshold it is neither."""
         known = known and self.neither is not None
-        logits, imagenet_logits, similarity = self.logits(images, tta, known and neither.uses_imagenet(self.neither))
+        logits, imagenet_logits, similarity = self.logits(images, tta, known)
         probabilities = (logits / self.temperature).softmax(dim=1).cpu()
         if not known:
             return probabilities, None
-        return probabilities, neither.known_scores(self.neither, logits, imagenet_logits, similarity).cpu()
+        return probabilities, self.neither.known_scores(logits, imagenet_logits, similarity).cpu()
 
     def probabilities(self, images: Batches, tta: bool | None = None) -> torch.Tensor:
         """uint8 images -> probabilities [N, classes]."""
@@ -111,7 +109,7 @@ class Classifier:
                       "probabilities": {c: round(p, 6) for c, p in zip(self.classes, row)}}
             if scores is not None:  # "neither": the photo shows none of the trained classes
                 result["known_score"] = round(scores[i].item(), 6)
-                result["neither"] = scores[i].item() < self.neither["threshold"]
+                result["neither"] = bool(self.neither.is_neither(scores[i]))
                 result["label"] = "neither" if result["neither"] else result["label"]
             results.append(result)
         return results
@@ -160,11 +158,14 @@ class OnnxClassifier(Classifier):
                                   f"(no {EXPORT_FORMAT!r} metadata)")
         preprocessing = replace(Preprocessing(**json.loads(meta["preprocessing"])), tta_sizes=())
         return cls(session, json.loads(meta["classes"]), preprocessing, float(meta["temperature"]),
-                   torch.device("cpu"), json.loads(meta["neither"]), tta=json.loads(meta.get("tta", "false")))
+                   torch.device("cpu"), NeitherRule.from_dict(json.loads(meta["neither"])),
+                   tta=json.loads(meta.get("tta", "false")))
 
-    def logits(self, images: Batches, tta: bool | None = None, imagenet: bool = False):
+    def logits(self, images: Batches, tta: bool | None = None, known: bool = False):
+        """As Classifier.logits; the similarity to the training photos comes from the graph, which
+        holds them."""
         outputs = {output.name for output in self.model.get_outputs()}
-        names = ["logits"] + [n for n in ("imagenet_logits", "similarity") if imagenet and n in outputs]
+        names = ["logits"] + [n for n in ("imagenet_logits", "similarity") if known and n in outputs]
 
         def run(x: torch.Tensor) -> tuple:
             values = dict(zip(names, self.model.run(names, {"images": x.contiguous().numpy()})))

@@ -1,10 +1,11 @@
-"""The training loop, in plain PyTorch: forward, loss, backward, step; evaluate.
+"""The training loop's parts, in plain PyTorch: one step (forward, loss, backward, update), one
+epoch of steps, and evaluation. fitting.fit strings them together:
 
-    for epoch in range(state.epoch, config.epochs):
-        train_one_epoch(trainer, batches, state, stop)      # one pass over the training data
-        evaluate(model, logits_of, val_batches, ...)        # loss and accuracy on val
+    for epoch in range(state.epoch, plan.epochs):
+        train_one_epoch(trainer, batches, state, stop, plan)   # one pass over the training data
+        evaluate(model, logits_of, val_batches, ...)           # loss and accuracy on val
 
-train.py drives it (data, model, checkpoints); this module knows nothing about files or flags.
+This module knows nothing about files or flags.
 Randomness (shuffling, augmentation, dropout) is drawn from generators seeded by
 (seed, epoch, step), so a run interrupted at any step and resumed gives the same weights and
 the same metrics as one that never stopped.
@@ -26,6 +27,7 @@ from classifier import distributed
 from classifier.config import TrainConfig
 from classifier.data import Batches
 from classifier.errors import ClassifierError
+from classifier.plan import Plan
 from classifier.progress import progress
 from classifier.runtime import autocast
 
@@ -58,10 +60,10 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def make_schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
-    """Linear warmup, then cosine decay to zero (or constant), updated every step."""
-    warmup = max(1, round(config.warmup_epochs * steps_per_epoch))
-    total = max(config.epochs * steps_per_epoch, warmup + 1)
+def make_schedule(config: TrainConfig, optimizer, plan: Plan):
+    """Linear warmup, then cosine decay to zero (or constant) over the planned steps, updated every step."""
+    warmup = max(1, round(config.warmup_epochs * plan.steps_per_epoch))
+    total = max(plan.steps, warmup + 1)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -131,15 +133,16 @@ class TrainState:
     best_accuracy: float = -1.0
     running: Running = field(default_factory=Running)
     flops: float = 0.0  # floating-point operations of the run so far (fitting.py counts them)
+    best_epoch: int = 0  # the epoch best.pt holds
 
     @classmethod
     def restore(cls, saved: dict) -> "TrainState":
         return cls(saved["epoch"], saved["step"], saved["best_accuracy"], Running.restore(saved["running"]),
-                   saved.get("flops", 0.0))
+                   saved.get("flops", 0.0), saved.get("best_epoch", 0))
 
     def to_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "best_accuracy": self.best_accuracy,
-                "running": asdict(self.running), "flops": self.flops}
+                "running": asdict(self.running), "flops": self.flops, "best_epoch": self.best_epoch}
 
     def next_epoch(self) -> None:
         self.epoch, self.step, self.running = self.epoch + 1, 0, Running()
@@ -147,8 +150,8 @@ class TrainState:
 
 @dataclass
 class Trainer:
-    """What every step of a run uses. `prepare(images, labels, generator, epoch)` turns a batch
-    into the model's inputs and targets (augmentation at the epoch's size, mixing, normalization;
+    """What every step of a run uses. `prepare(images, labels, generator, size)` turns a batch
+    into the model's inputs and targets (augmentation to crops of `size`, mixing, normalization;
     nothing for cached features) and `forward` turns those into logits (the whole model, or for
     cached features its tail)."""
 
@@ -165,14 +168,28 @@ class Trainer:
     class_weights: torch.Tensor | None = None  # of each class in the loss (classes of different sizes)
 
 
+@dataclass
+class Step:
+    """One training step's forward pass: what the network saw and answered (the learn view shows it)."""
+
+    inputs: torch.Tensor  # the batch as the network saw it: augmented, mixed, normalized
+    targets: torch.Tensor  # class indices [N], or class probabilities [N, classes] (mixed images)
+    logits: torch.Tensor  # the output layer's values, float32
+    loss: torch.Tensor  # the error the update follows (config.loss)
+
+
 def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
-               epoch: int, where: str) -> list[float]:
-    """One optimizer step on a batch; returns [loss sum, correct, images] over all processes."""
+               size: int, where: str, observe: Callable[[Step], None] | None = None) -> list[float]:
+    """One optimizer step on a batch (training crops of `size` pixels): forward, error, backward,
+    update; returns [loss sum, correct, images] over all processes. observe(step), if given,
+    sees the forward pass before the update."""
     config = trainer.config
-    x, targets = trainer.prepare(images.to(trainer.device), labels.to(trainer.device), generator, epoch)
+    x, targets = trainer.prepare(images.to(trainer.device), labels.to(trainer.device), generator, size)
     with autocast(trainer.device, config.precision):
         logits = trainer.forward(x).float()
     loss = compute_loss(config.loss, logits, targets, config.label_smoothing, trainer.class_weights)
+    if observe:
+        observe(Step(x, targets, logits, loss))
     majority = targets.argmax(1) if targets.ndim == 2 else targets  # mixed: the larger share
     sums = distributed.all_sum([loss.item() * len(labels), (logits.argmax(1) == majority).sum().item(), len(labels)])
     if not math.isfinite(sums[0]):
@@ -188,23 +205,40 @@ def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, gen
     return sums
 
 
-def train_one_epoch(trainer: Trainer, batches: Batches, state: TrainState, stop: "StopSignal",
-                    show: bool = True) -> bool:
-    """Train on every batch of epoch state.epoch from step state.step on; False if a stop was
-    requested (in any process) before the last step, with `state` where it stopped."""
-    config, epoch = trainer.config, state.epoch
+def start_epoch(trainer: Trainer, batches: Batches, epoch: int) -> None:
+    """Train mode, and the epoch's order of batches: the same whether the epoch runs whole,
+    resumed mid-way or one step at a time (learn.py)."""
     trainer.model.train(not trainer.freeze)
     trainer.model.get_classifier().train()
-    batches.generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, -1))
-    bar = progress(batches, f"epoch {epoch + 1}/{config.epochs}", unit="batch", enabled=show)
+    batches.generator = torch.Generator().manual_seed(step_seed(trainer.config.seed, epoch, -1))
+
+
+def seeded_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, state: TrainState, plan: Plan,
+                observe: Callable[[Step], None] | None = None) -> None:
+    """train_step on the batch at (state.epoch, state.step) with the randomness drawn for that
+    place (augmentation, mixing, dropout), then state moves on by one step."""
+    seed, epoch, step = trainer.config.seed, state.epoch, state.step
+    torch.manual_seed(step_seed(seed, epoch, step))  # dropout
+    generator = torch.Generator().manual_seed(step_seed(seed, epoch, step))
+    state.running.add(*train_step(trainer, images, labels, generator, plan.train_size(epoch),
+                                  f"epoch {epoch + 1}, step {step}", observe))
+    state.step = step + 1
+
+
+def train_one_epoch(trainer: Trainer, batches: Batches, state: TrainState, stop: "StopSignal", plan: Plan,
+                    show: bool = True, on_step: Callable[[TrainState], None] | None = None) -> bool:
+    """Train on every batch of epoch state.epoch from step state.step on, calling on_step(state)
+    after each step; False if a stop was requested (in any process) before the last step, with
+    `state` where it stopped."""
+    start_epoch(trainer, batches, state.epoch)
+    bar = progress(batches, f"epoch {state.epoch + 1}/{plan.epochs}", unit="batch", enabled=show)
     for step, (images, labels) in enumerate(bar):
         if step < state.step:
             continue  # resuming mid-epoch: these batches were already trained on
-        torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout
-        generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, step))
-        state.running.add(*train_step(trainer, images, labels, generator, epoch, f"epoch {epoch + 1}, step {step}"))
-        state.step = step + 1
+        seeded_step(trainer, images, labels, state, plan)
         bar.set_postfix(loss=f"{state.running.loss:.4f}", acc=f"{state.running.accuracy:.3f}")
+        if on_step:
+            on_step(state)
         if distributed.any_rank(stop.requested) and state.step < len(batches):
             return False
     return True

@@ -11,8 +11,6 @@ embeds them so it can travel alone; report.json has the numbers. Drawing needs m
 from __future__ import annotations
 
 import argparse
-import base64
-import html
 import json
 import sys
 from pathlib import Path
@@ -24,6 +22,7 @@ from classifier.calibration import expected_calibration_error
 from classifier.cli import run_command
 from classifier.errors import ClassifierError
 from classifier.images import open_image
+from classifier.pages import data_uri, escape, page, table
 from classifier.plots import figure, require_matplotlib, save_figure
 from classifier.runs import Predictions, read_metrics, read_predictions
 
@@ -217,22 +216,16 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, gallery: in
         figures["unsure"] = plot_gallery(predictions, unsure, "least confident correct answers",
                                          out / "unsure.png")
     (out / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
-    page = out / "report.html"
-    page.write_text(render_html(run_dir, summary, figures))
-    return page
+    report_file = out / "report.html"
+    report_file.write_text(render_html(run_dir, summary, figures))
+    return report_file
 
 
-def _image(path: Path | None, alt: str) -> str:
+def embedded(path: Path | None, alt: str) -> str:
+    """A figure inside the page (a data: URI), so report.html travels alone."""
     if path is None:
         return "<p>none</p>"
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    cells = lambda row, tag: "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in row)
-    return ("<table><tr>" + cells(header, "th") + "</tr>"
-            + "".join("<tr>" + cells(row, "td") + "</tr>" for row in rows) + "</table>")
+    return f'<img src="{data_uri(path.read_bytes(), "image/png")}" alt="{escape(alt)}">'
 
 
 def render_html(run_dir: Path, summary: dict, figures: dict[str, Path]) -> str:
@@ -254,28 +247,23 @@ def render_html(run_dir: Path, summary: dict, figures: dict[str, Path]) -> str:
                  for name, s in summary["per_class"].items()]
     confusion = [(name, *row) for name, row in zip(summary["classes"], summary["confusion"])]
     sections = [
-        ("Summary", _table(("", ""), facts)),
+        ("Summary", table(("", ""), facts)),
         ("Training curves", "<p>Loss and accuracy on the training images (with augmentation) and "
          "the validation images, and the learning rate, after each epoch; the dotted line marks "
-         "the best epoch.</p>" + _image(figures["curves"], "training curves")),
+         "the best epoch.</p>" + embedded(figures["curves"], "training curves")),
         ("Confusion matrix", "<p>Rows: the true class; columns: the class predicted.</p>"
-         + _image(figures["confusion"], "confusion matrix")
-         + _table(("true \\ predicted", *summary["classes"]), confusion)),
-        ("Per-class scores", _table(("class", "precision", "recall", "F1", "images"), per_class)),
+         + embedded(figures["confusion"], "confusion matrix")
+         + table(("true \\ predicted", *summary["classes"]), confusion)),
+        ("Per-class scores", table(("class", "precision", "recall", "F1", "images"), per_class)),
         ("Reliability", "<p>When the network says it is 90% sure, is it right 90% of the time? "
          "Points on the diagonal mean yes; below it, over-confident. predict divides the logits "
          "by the temperature fitted on the validation photos, which changes no answer.</p>"
-         + _image(figures["reliability"], "reliability diagram")),
-        ("Most confident mistakes", _image(figures.get("mistakes"), "most confident mistakes")),
-        ("Least confident correct answers", _image(figures.get("unsure"), "least confident correct answers")),
+         + embedded(figures["reliability"], "reliability diagram")),
+        ("Most confident mistakes", embedded(figures.get("mistakes"), "most confident mistakes")),
+        ("Least confident correct answers", embedded(figures.get("unsure"), "least confident correct answers")),
     ]
-    body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
-    style = ("body{font-family:sans-serif;max-width:1240px;margin:2em auto;padding:0 1em}"
-             "img{max-width:100%}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:.3em .7em;text-align:left}")
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Training report: "
-            f"{html.escape(run_dir.name)}</title><style>{style}</style></head><body>"
-            f"<h1>Training report: {html.escape(run_dir.name)}</h1>{body}</body></html>\n")
+    body = "".join(f"<h2>{escape(title)}</h2>{content}" for title, content in sections)
+    return page(f"Training report: {run_dir.name}", body)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

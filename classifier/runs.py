@@ -4,6 +4,9 @@
                           and accuracy after evaluated epochs (--eval-every)
   val_predictions.jsonl   one line per validation image, from the best checkpoint's epoch:
                           path, true label, the probability of every class
+  events.jsonl            one line per event of the run as it happens (fitting.Run.emit): start,
+                          plan, step (at most twice a second), epoch, end, stopped, error; what a
+                          page or a program follows while the run goes on
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -24,11 +28,43 @@ from classifier.tta import decode_sizes
 
 METRICS_FILE = "metrics.jsonl"
 PREDICTIONS_FILE = "val_predictions.jsonl"
+EVENTS_FILE = "events.jsonl"
 
 
 def append_metrics(run_dir: str | Path, metrics: dict) -> None:
     with open(Path(run_dir) / METRICS_FILE, "a") as log:
         log.write(json.dumps(metrics) + "\n")
+
+
+class EventLog:
+    """A listener for a run's events: each one a JSON line of run_dir/events.jsonl, written as it
+    happens (a new run starts the file afresh, a resumed one appends), and handed on to `also`."""
+
+    def __init__(self, run_dir: str | Path, append: bool = False, also: Callable[[dict], None] | None = None):
+        self.path, self.mode, self.also = Path(run_dir) / EVENTS_FILE, "a" if append else "w", also
+
+    def __call__(self, event: dict) -> None:
+        try:
+            with open(self.path, self.mode) as log:
+                log.write(json.dumps(event) + "\n")
+            self.mode = "a"
+        except OSError:  # no folder yet (the run failed before making it): the event still reaches `also`
+            if event["event"] != "error":
+                raise
+        if self.also:
+            self.also(event)
+
+
+def read_events(run_dir: str | Path) -> list[dict]:
+    """The events of run_dir's latest run so far (a line still being written is left out)."""
+    path = Path(run_dir) / EVENTS_FILE
+    events = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return events
 
 
 def write_predictions(run_dir: str | Path, val_sizes: list[DecodedImages], tta: bool = False,
@@ -42,11 +78,11 @@ def write_predictions(run_dir: str | Path, val_sizes: list[DecodedImages], tta: 
     `probabilities` it already computed for best.pt, sparing a second pass over val."""
     checkpoint = Path(run_dir) / "best.pt"
     saved = load_checkpoint(checkpoint)
-    classifier = Classifier.load(checkpoint, device, saved.get("config", {}).get("precision", "fp32"),
-                                 fuse=False)  # as training evaluated it: the same numbers, to the last bit
-    epoch = saved["epoch"]
+    classes, temperature, epoch = saved["classes"], float(saved.get("temperature", 1.0)), saved["epoch"]
     val_images = val_sizes[0]
-    if probabilities is None:
+    if probabilities is None:  # (the model is built only then: seconds for a pretrained network)
+        classifier = Classifier.load(checkpoint, device, saved.get("config", {}).get("precision", "fp32"),
+                                     fuse=False)  # as training evaluated it: the same numbers, to the last bit
         probabilities = torch.cat([classifier.probabilities([v.images[i:i + batch_size] for v in val_sizes], tta)
                                    for i in range(0, len(val_images), batch_size)])
     probabilities = probabilities.double()
@@ -54,10 +90,9 @@ def write_predictions(run_dir: str | Path, val_sizes: list[DecodedImages], tta: 
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "w") as file:
         for image, label, row in zip(val_images.paths, val_images.labels.tolist(), probabilities.tolist()):
-            file.write(json.dumps({"path": os.path.abspath(image), "label": classifier.classes[label],
-                                   "label_index": label, "epoch": epoch,
-                                   "temperature": classifier.temperature,
-                                   "probabilities": dict(zip(classifier.classes, row))}) + "\n")
+            file.write(json.dumps({"path": os.path.abspath(image), "label": classes[label],
+                                   "label_index": label, "epoch": epoch, "temperature": temperature,
+                                   "probabilities": dict(zip(classes, row))}) + "\n")
     os.replace(temporary, path)
     return path
 

@@ -34,37 +34,26 @@ import asyncio
 import base64
 import datetime
 import os
-import signal
-import socket
 import sys
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 import torch
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException
+from fastapi import APIRouter, FastAPI, Request
 
+from classifier import web
 from classifier.checkpoint import load_checkpoint
 from classifier.cli import add_device_flags, run_command
 from classifier.errors import ClassifierError
 from classifier.gradcam import display_photo, explain_image, overlay_png
 from classifier.inference import Classifier
+from classifier.web import Area, error_response, page
 
-STATIC = Path(__file__).with_name("static")
 MAX_BATCH = 32  # photos per forward pass; more waiting photos go in the next one
 BATCH_WAIT_MS = 5.0  # how long a small batch waits for more photos before it runs
-SECURITY_HEADERS = [  # the page runs only its own script and shows only its own and local images
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
-                                 b"base-uri 'none'; frame-ancestors 'none'; form-action 'self'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-]
 
 
 # --------------------------------------------------------------------------- photos in, answers out
@@ -82,7 +71,7 @@ def model_card(classifier: Classifier, path: str | Path, tta: bool) -> dict:
         "resize": classifier.preprocessing.resize, "tta": tta,
         "tta_sizes": list(classifier.preprocessing.tta_sizes) if tta else [],
         "val_accuracy": metrics.get("val_accuracy"), "epoch": checkpoint.get("epoch"),
-        "temperature": classifier.temperature, "neither": classifier.neither,
+        "temperature": classifier.temperature, "neither": classifier.neither and classifier.neither.to_dict(),
         "trained_at": _timestamp(checkpoint.get("saved_at") or path.stat().st_mtime),
         "trained_on": shown_folder(config.get("data")), "explainable": isinstance(classifier.model, torch.nn.Module),
     }
@@ -227,93 +216,49 @@ class Service:
 # --------------------------------------------------------------------------- the web app
 
 
-class BodyTooLarge(Exception):
-    """A request body over the upload limit: answered 413."""
+class Services:
+    """Services loaded lazily, by checkpoint, on first use; the `size` most recently used stay
+    loaded (a checkpoint rewritten since, say a best.pt training improved, is loaded again)."""
+
+    def __init__(self, size: int = 2, device: str = "auto", precision: str = "auto", tta: bool | None = None):
+        self.size, self.device, self.precision, self.tta = size, device, precision, tta
+        self.loaded: OrderedDict[tuple, Service] = OrderedDict()
+        self.lock = asyncio.Lock()
+
+    async def get(self, checkpoint: Path) -> Service:
+        try:
+            key = (str(checkpoint.resolve()), checkpoint.stat().st_mtime_ns)
+        except OSError:
+            raise ClassifierError(f"{checkpoint.name}: no such checkpoint (not trained yet?)") from None
+        async with self.lock:
+            if key in self.loaded:
+                self.loaded.move_to_end(key)
+                return self.loaded[key]
+            classifier = await asyncio.get_running_loop().run_in_executor(
+                None, Classifier.load, checkpoint, self.device, self.precision)
+            service = self.loaded[key] = Service(classifier, checkpoint, self.tta)
+            service.start()
+            while len(self.loaded) > self.size:
+                await self.loaded.popitem(last=False)[1].stop()
+            return service
+
+    async def stop(self) -> None:
+        while self.loaded:
+            await self.loaded.popitem()[1].stop()
 
 
-class UploadLimit:
-    """ASGI middleware: refuse request bodies over `limit` bytes with 413 before they are read
-    whole; by the Content-Length header when there is one, else by counting as the body arrives
-    (the exception stops the form parser, and the app's handler answers 413)."""
+def predict_router(service_of: Callable[[Request], Awaitable[Service]], prefix: str = "") -> APIRouter:
+    """GET PREFIX/info and POST PREFIX/predict over the Service `service_of(request)` gives."""
+    router = APIRouter(prefix=prefix)
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    @router.get("/info")
+    async def info(request: Request):
+        return (await service_of(request)).card
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            return await error_response(413, self.message())(scope, receive, send)
-        received = 0
-
-        async def counted():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise BodyTooLarge(self.message())
-            return message
-
-        await self.app(scope, counted, send)
-
-    def message(self) -> str:
-        return f"request body over the {self.limit / 2**20:g} MB limit (--max-upload-mb); send fewer or smaller photos"
-
-
-class SecurityHeaders:
-    """ASGI middleware: every response carries SECURITY_HEADERS (no script but the page's own)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        async def with_headers(message):
-            if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
-            await send(message)
-
-        await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
-
-
-def error_response(status: int, message: str) -> JSONResponse:
-    """Every error the API gives: {"error": one line}."""
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def create_app(service: Service, max_upload_mb: float = 20) -> FastAPI:
-    """The ASGI app: the page, /health, /info and /predict over one loaded model."""
-
-    @asynccontextmanager
-    async def lifespan(app):
-        service.start()
-        yield
-        await service.stop()
-
-    app = FastAPI(title="catsdogs-classifier", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.add_middleware(UploadLimit, limit=int(max_upload_mb * 2**20))
-    app.add_middleware(SecurityHeaders)
-    app.add_exception_handler(BodyTooLarge, lambda request, error: error_response(413, str(error)))
-    app.add_exception_handler(HTTPException, lambda request, error: error_response(error.status_code, str(error.detail)))
-    app.add_exception_handler(RequestValidationError, lambda request, error: error_response(
-        422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())))
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(STATIC / "index.html")
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok"}
-
-    @app.get("/info")
-    async def info():
-        return service.card
-
-    @app.post("/predict")
+    @router.post("/predict")
     async def predict(request: Request, explain: bool = False):
         """Multipart fields named `file` -> one result object per file, in order."""
+        service = await service_of(request)
         async with request.form() as form:
             uploads = form.getlist("file")
             if not uploads:
@@ -323,19 +268,41 @@ def create_app(service: Service, max_upload_mb: float = 20) -> FastAPI:
                                            "model gives no gradients or feature maps")
             return await asyncio.gather(*(service.answer(upload, explain) for upload in uploads))
 
-    return app
+    return router
+
+
+def predict_area(service: Service) -> Area:
+    """serve's page, /health, /info and /predict over one loaded model."""
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    async def index(request: Request):
+        return page(request, "serve.html")
+
+    @router.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    async def served(request: Request) -> Service:
+        return service
+
+    router.include_router(predict_router(served))
+    return Area("predict", router)
+
+
+def create_app(service: Service, max_upload_mb: float = 20) -> FastAPI:
+    """The ASGI app of `serve`: the page, /health, /info and /predict over one loaded model."""
+
+    @asynccontextmanager
+    async def lifespan(app):
+        service.start()
+        yield
+        await service.stop()
+
+    return web.create_app([predict_area(service)], "catsdogs-classifier", max_upload_mb, lifespan=lifespan)
 
 
 # --------------------------------------------------------------------------- command line
-
-
-class Stopped(Exception):
-    """SIGTERM or Ctrl-C outside uvicorn's own handling (while loading, or re-raised by uvicorn
-    after its graceful shutdown): the server has stopped cleanly."""
-
-
-def _stop(signum, frame):
-    raise Stopped()
 
 
 def _positive(text: str) -> int:
@@ -371,54 +338,21 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket, bound before uvicorn starts so that port 0 works and the address
-    printed is the real one. Its protocol is IPPROTO_TCP, not 0: asyncio turns Nagle's
-    algorithm off (TCP_NODELAY) only on connections of such sockets; left on, every response
-    waited 40 ms for the client's delayed acknowledgement."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             proto=socket.IPPROTO_TCP)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(socket.SOMAXCONN)
-        return sock
-    except OSError as error:
-        raise ClassifierError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
-
-
 def serve(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     classifier = Classifier.load(args.checkpoint, args.device, args.precision)
     app = create_app(Service(classifier, args.checkpoint, args.tta, args.batch_size, args.batch_wait_ms),
                      args.max_upload_mb)
-    sock = listen(args.host, args.port)
-    host, port = sock.getsockname()[:2]
-    print(f"serving {args.checkpoint} on http://{f'[{host}]' if ':' in host else host}:{port}/ "
-          f"(Ctrl-C to stop)", flush=True)
-    config = uvicorn.Config(app, log_level="info", access_log=args.access_log, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    sock = web.listen(args.host, args.port)
+    print(f"serving {args.checkpoint} on {web.address(sock)}/ (Ctrl-C to stop)", flush=True)
+    web.run(app, sock, args.access_log)
     return 0
-
-
-def serve_until_stopped(args: argparse.Namespace) -> int:
-    """serve() with SIGTERM and Ctrl-C turned into a clean stop (exit status 0)."""
-    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return serve(args)
-    except Stopped:
-        print("stopped", file=sys.stderr)
-        return 0
-    finally:  # a caller in the same process (a test) gets its own handlers back
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status 0 after a clean stop (Ctrl-C, SIGTERM), 1 for a ClassifierError (one line)."""
-    return run_command(serve_until_stopped, parser().parse_args(argv))
+    return run_command(web.until_stopped, serve, parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,26 +1,31 @@
 """Train a classifier: `python train.py --data DIR` (every flag: `python train.py --help`).
 
     train(config)
-      set up:   resume? -> recipe -> data (decoded once) -> model -> optimizer, schedule, EMA
+      settings: resume? -> config.resolved() (the recipe, the precision; once)
+      set up:   data (decoded once) -> model -> pipeline -> plan (epochs, batch; plan.py) -> optimizer, schedule, EMA
+      budget:   with --time-budget, the plan shortened to what fits (budget.py)
       estimate: k-fold cross-validation when val is too small to say much (crossval.py)
-      fit:      train_one_epoch -> evaluate, calibrate -> metrics.jsonl, best.pt, last.pt (fitting.py)
+      fit:      train_one_epoch -> validate -> log -> save, epoch after epoch (fitting.fit)
       finish:   val_predictions.jsonl (and the report with --report)
 
-The loop itself is loop.py; settings are config.py's TrainConfig, filled from recipes.py.
+Every event of the run (start, step, epoch, end, stopped, error) goes to OUT/events.jsonl and to
+the `on_event` callable a caller passes; the step parts are loop.py; settings are config.py's
+TrainConfig, filled from recipes.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from classifier import budget, distributed, recipes
+from classifier.checks import confident_learning, out_of_fold_probabilities
 from classifier.augment import Augmentation
 from classifier.checkpoint import load_checkpoint
 from classifier.cli import add_config_flags, run_command
@@ -30,14 +35,15 @@ from classifier.data import CachedImageFolder, Dataset, check_usable, find_photo
 from classifier.errors import ClassifierError
 from classifier.features import uses_cached_features
 from classifier.files import check_free_space, check_writable, load_weights
-from classifier.fitting import (Pipeline, Run, build_model, class_weights, feature_pipeline, fit,
-                                freeze_all_but_classifier, image_pipeline, load_splits, make_trainer, steps_per_epoch)
+from classifier.fitting import (Run, Stopped, build_model, class_weights, feature_pipeline, fit,
+                                freeze_all_but_classifier, image_pipeline, load_splits, make_trainer)
 from classifier.loop import StopSignal, TrainState, make_ema
 from classifier.models import list_models
+from classifier.plan import Plan, make_plan
 from classifier.plots import require_matplotlib
 from classifier.report import build_report
-from classifier.runs import write_predictions
-from classifier.runtime import compile_model, memory_format, resolve_precision
+from classifier.runs import EventLog, write_predictions
+from classifier.runtime import compile_model, memory_format
 
 
 def report_skipped(out: Path, splits: list[CachedImageFolder], session: distributed.Session) -> None:
@@ -80,7 +86,6 @@ def prepare_model(config: TrainConfig, classes: list[str], resumed: dict | None,
                   session: distributed.Session):
     """The model (with resumed weights), its moving average, and the module the steps call."""
     model, preprocessing = build_model(config, classes)
-    config.image_size, config.tta_sizes = preprocessing.image_size, preprocessing.tta_sizes  # --init keeps its own
     if session.is_main:
         check_free_space(out, model)
     if resumed:
@@ -113,17 +118,21 @@ def describe_data(config: TrainConfig, dataset: Dataset, train: CachedImageFolde
               f"their val accuracy moves by 10 points or more per photo; see the cross-validation estimate (--folds)")
 
 
-def planned_epochs(config: TrainConfig, pipeline: Pipeline, world_size: int) -> None:
-    """A small folder gets more epochs, so that training takes at least --min-steps steps."""
-    per_epoch = max(1, steps_per_epoch(config, pipeline, world_size))
-    if per_epoch * config.epochs < config.min_steps:
-        config.epochs = math.ceil(config.min_steps / per_epoch)
-        print(f"{per_epoch} step(s) an epoch: training {config.epochs} epochs for at least {config.min_steps} steps "
-              f"(--min-steps)")
+def planned(config: TrainConfig, examples: int, resumed: dict | None, world_size: int) -> Plan:
+    """The run's plan: a resumed run's own (older checkpoints kept it in their settings), or a new one."""
+    if not resumed:
+        plan = make_plan(config, examples, world_size)
+        if plan.reason:
+            print(plan.reason)
+        return plan
+    if "plan" in resumed:
+        return Plan.from_dict(resumed["plan"])
+    return make_plan(config, examples, world_size, epochs=resumed["config"]["epochs"])
 
 
-def setup(config: TrainConfig, resumed: dict | None, session: distributed.Session) -> Run:
-    """Everything before the first step: output folder, data, model, optimizer and schedule."""
+def setup(config: TrainConfig, resumed: dict | None, session: distributed.Session,
+          on_event: Callable[[dict], None] | None) -> Run:
+    """Everything before the first step: output folder, data, model, pipeline, plan, optimizer and schedule."""
     out = Path(config.out)
     if session.is_main:
         check_writable(out)
@@ -143,41 +152,85 @@ def setup(config: TrainConfig, resumed: dict | None, session: distributed.Sessio
     report_skipped(out, [train_set, *val_sets[:1]], session)
     check_usable(train_set, val_sets[0], config.data)
     describe_data(config, dataset, train_set, val_sets[0], session)
-    config.batch_size = min(config.batch_size, max(1, len(train_set) // session.world_size))
     if cached and session.world_size > 1:
         raise ClassifierError("--finetune probe and last train on cached features in one process; "
                               "under torchrun use --finetune full")
     pipeline = feature_pipeline(config, model, preprocessing, crops, train_set, val_sets, session.device) if cached \
         else image_pipeline(config, trainee, preprocessing, crops, train_set, val_sets, session)
-    if not resumed:  # a resumed run keeps the plan it started with
-        planned_epochs(config, pipeline, session.world_size)
+    plan = planned(config, len(pipeline.train_inputs[1]), resumed, session.world_size)
     weights = class_weights(train_set.targets, len(dataset.classes), config.balance)
-    trainer = make_trainer(config, model, pipeline, ema, session, weights)
-    return Run(config, session, out, dataset.classes, preprocessing, trainer, pipeline, val_sets)
+    trainer = make_trainer(config, plan, model, pipeline, ema, session, weights)
+    return Run(config, session, out, dataset.classes, preprocessing, trainer, pipeline, val_sets, plan, on_event)
 
 
-def train(config: TrainConfig) -> dict:
-    """Run a whole training; returns the final epoch's metrics."""
+def train(config: TrainConfig, on_event: Callable[[dict], None] | None = None) -> dict:
+    """Run a whole training; returns the final epoch's metrics. Every event of the run goes to
+    OUT/events.jsonl and to on_event (fitting.py's Run.emit: start, plan, step, epoch, end, stopped, error)."""
     started = time.perf_counter()
     config, resumed = restore(config)
-    config = config.resolved()  # a copy: the batch size may be lowered below; leave the caller's alone
+    config = config.resolved()
     torch.manual_seed(config.seed)
     session = distributed.start(config.device)
-    config.precision = resolve_precision(config.precision, session.device)  # what checkpoints record
-    run = setup(config, resumed, session)
+    events = EventLog(Path(config.out), append=bool(resumed), also=on_event) if session.is_main else None
+    try:
+        run = setup(config, resumed, session, events)
+        return fit_and_finish(run, resumed, started)
+    except ClassifierError as error:
+        if events and not isinstance(error, Stopped):
+            events({"event": "error", "time": round(time.time(), 3), "message": str(error)})
+        raise
+
+
+def fit_and_finish(run: Run, resumed: dict | None, started: float) -> dict:
+    """Cross-validation when wanted, the time budget's plan, the epochs, then what the report reads."""
+    config, session = run.config, run.session
     folds = wanted_folds(config, run)
     if folds and not resumed:
         run.cross_validation = cross_validate(config, find_photos(config.data, config.val_fraction, config.seed,
-                                                                  config.exclude)[0], session, folds)
+                                                                  config.exclude)[0], session, folds, run)
         if session.is_main:
             (run.out / "cross_validation.json").write_text(json.dumps(run.cross_validation, indent=1) + "\n")
+    run.label_check = label_check(run) if not resumed else resumed.get("label_check")
     if config.time_budget and not resumed:  # a resumed run keeps its plan
-        budget.plan(run, config.time_budget, started)
+        run.use_plan(budget.plan_in_budget(run, config.time_budget, started))
     state = resume_training(run, resumed) if resumed else TrainState()
     with StopSignal() as stop:
         metrics = fit(run, state, stop, started)
     finish(run)
+    say_label_check(run)
     return metrics
+
+
+NOISY_SHARE = 0.05  # more training photos than this look like another class: the labels look noisy
+LABEL_FOLDS = 5
+
+
+def label_check(run: Run) -> dict | None:
+    """With cached features (a pretrained probe): the audit's label check on the training photos.
+    A logistic regression fitted on the other folds scores each photo; confident learning flags
+    those that look like another class (classifier/checks.py). None for other runs."""
+    if not uses_cached_features(run.trainer.model) or not run.session.is_main:
+        return None
+    inputs, labels = run.pipeline.train_inputs
+    views = run.config.views if run.config.augment else 1  # feature_pipeline's views of each photo, in a row
+    features, labels = inputs[::views].float().mean((-2, -1)), labels[::views]
+    if len(labels.unique()) < 2 or torch.bincount(labels).min() < LABEL_FOLDS:
+        return None
+    probabilities = out_of_fold_probabilities(features, labels, len(run.classes), LABEL_FOLDS, run.config.seed)
+    flagged, _ = confident_learning(probabilities, labels)
+    return {"photos": len(labels), "flagged": int(flagged.sum()), "share": round(flagged.float().mean().item(), 4),
+            "noisy": flagged.float().mean().item() > NOISY_SHARE}
+
+
+def say_label_check(run: Run) -> None:
+    check = run.label_check
+    if check and run.session.is_main:
+        print(f"labels: {check['flagged']} of {check['photos']} training photos ({check['share']:.1%}) look like "
+              "another class to a probe that never saw them"
+              + (f"; the labels look noisy (over {NOISY_SHARE:.0%}): review them with `python -m classifier.audit "
+                 f"{run.config.data}`" if check["noisy"] else ""))
+        if run.out is not None:
+            (run.out / "label_check.json").write_text(json.dumps(check) + "\n")
 
 
 def wanted_folds(config: TrainConfig, run: Run) -> int:

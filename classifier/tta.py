@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from classifier.images import DecodedImages, Preprocessing, decode_images
-from classifier.neither import nearest_similarity
+from classifier.neither import NeitherRule
 from classifier.runtime import autocast
 
 Batches = torch.Tensor | Sequence[torch.Tensor]  # one batch, or the same photos at each decoding
@@ -67,17 +67,17 @@ def average(forward: Callable[[torch.Tensor], tuple], inputs: list[torch.Tensor]
 
 
 def model_outputs(model: nn.Module, batches: Batches, preprocessing: Preprocessing, flip: bool = False,
-                  precision: str = "fp32", imagenet: bool = False, bank: torch.Tensor | None = None) -> tuple:
+                  precision: str = "fp32", neither: NeitherRule | None = None) -> tuple:
     """uint8 batches (on the model's device; one per decoding) -> (logits, ImageNet logits or None,
-    similarity or None), averaged over the views. With `imagenet`, a pretrained backbone also gives
-    its original ImageNet classifier's logits from the same pass (Backbone.forward_all), and with a
-    `bank` of training photos' features each photo's similarity to the nearest (neither.py)."""
+    similarity or None), averaged over the views. With a `neither` rule that uses them, a
+    pretrained backbone also gives its original ImageNet classifier's logits from the same pass
+    (Backbone.forward_all), and each view's similarity to the training photos (neither.py)."""
 
     def forward(x):
-        if not imagenet:
+        if neither is None or not neither.uses_imagenet:
             return model(x), None, None
         logits, imagenet_logits, embedding = model.forward_all(x)
-        return logits, imagenet_logits, None if bank is None else nearest_similarity(embedding, bank)
+        return logits, imagenet_logits, neither.similarity(embedding)
 
     inputs = [preprocessing.normalize(x) for x in views(batches, flip)]
     with autocast(inputs[0].device, precision):

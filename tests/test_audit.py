@@ -1,7 +1,9 @@
 """The folder audit: every finding kind on small folders built here, the page, the command line,
 that no user file changes, and the paths train.py --exclude reads. Features at 160 px keep it fast."""
 
+import ast
 import hashlib
+import html
 import json
 import os
 import shutil
@@ -12,12 +14,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from classifier.audit import AuditSettings, audit, main, normalized_path
-from classifier.data import excluded_paths
+from classifier import cli
+from classifier.audit import AuditSettings, audit, main
+from classifier.checks import CHECK_OF_KIND, CHECKS, KINDS
+from classifier.data import FOLDER_KINDS, excluded_paths, normalized_path
 from classifier.checkpoint import save_checkpoint
 from classifier.images import Preprocessing
 from classifier.errors import ClassifierError
 from classifier.models import create_model
+from classifier.pages import STYLESHEET
 from conftest import REPO, make_image
 
 NEITHER = REPO.parent / "shared" / "data" / "neither"
@@ -116,6 +121,7 @@ def test_the_page_and_the_summary(audited, capsys):
     page = (out / "index.html").read_text()
     assert page.count("data:image/jpeg;base64,") >= len(findings) - 2  # thumbnails inline, offline
     assert "http://" not in page and "https://" not in page
+    assert STYLESHEET.read_text() in page  # the offline pages' one stylesheet, inlined
     for kind in ("unreadable", "duplicate", "label", "neither", "tiny"):
         assert f'id="{kind}"' in page
 
@@ -143,12 +149,47 @@ def test_imbalance_small_classes_and_a_hostile_name(tmp_path, capsys):
     assert HOSTILE in capsys.readouterr().out
 
 
-def test_checkpoint_features_feed_the_probe(messy, tmp_path):
+@pytest.fixture(scope="module")
+def with_checkpoint(messy, tmp_path_factory):
+    """(scan, findings) of audit() on the messy folder, the label probe reading a checkpoint's features."""
+    folder = tmp_path_factory.mktemp("checkpoint")
     model = create_model("convnet", num_classes=2, channels=(8, 16))
-    save_checkpoint(tmp_path / "ck.pt", model, ["cat", "dog"], Preprocessing(32).to_dict())
-    scan, findings = audit(messy, AuditSettings(image_size=96, checkpoint=str(tmp_path / "ck.pt"), device="cpu"))
+    save_checkpoint(folder / "ck.pt", model, ["cat", "dog"], Preprocessing(32).to_dict())
+    return audit(messy, AuditSettings(image_size=96, checkpoint=str(folder / "ck.pt"), device="cpu"))
+
+
+def test_checkpoint_features_feed_the_probe(with_checkpoint):
+    scan, findings = with_checkpoint
     assert scan.probe_features.shape[1] == 16 and scan.features.shape[1] == 1280
     assert {f["kind"] for f in findings} >= {"unreadable", "duplicate"}
+
+
+def test_each_check_finds_its_own_kind_and_the_audit_is_all_checks(with_checkpoint):
+    scan, findings = with_checkpoint
+    settings = AuditSettings(image_size=96, device="cpu")
+    found = {check.kind: check.run(scan, settings) for check in CHECKS}
+    assert all(f["kind"] == kind for kind, kind_findings in found.items() for f in kind_findings)
+    where = lambda f: (f["kind"], f["path"], f.get("of"))  # the label probe's numbers may differ in the last digit
+    assert [where(f) for kind_findings in found.values() for f in kind_findings] == list(map(where, findings))
+    assert {"unreadable", "duplicate", "tiny", "ignored"} <= {kind for kind, fs in found.items() if fs}
+
+
+def test_the_check_list_is_the_one_source_of_kinds_help_and_cards(audited, capsys):
+    assert KINDS == tuple(check.kind for check in CHECKS) and len(set(KINDS)) == len(KINDS) == 8
+    assert set(FOLDER_KINDS) <= set(KINDS) and all(check.help for check in CHECKS)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    page = (audited[1] / "index.html").read_text()
+    for check in CHECKS:
+        assert check.help in help_text and html.escape(check.help) in page and f'id="{check.kind}"' in page
+    for finding in audited[0]:  # each card's text comes from its check
+        escaped = {k: html.escape(v) if isinstance(v, str) else v for k, v in finding.items()}
+        assert CHECK_OF_KIND[finding["kind"]].card(escaped) in page
+    # the command and the page name no kind themselves: no parallel dict or if-chain of kinds
+    source = ast.parse((REPO / "classifier" / "audit.py").read_text())
+    named = {node.value for node in ast.walk(source) if isinstance(node, ast.Constant) and node.value in KINDS}
+    assert not named, f"audit.py names kinds itself: {named}"
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
@@ -160,6 +201,14 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
         make_image(tmp_path / "data" / name / "2.png", color=(10, 10, 10))
     assert main([str(tmp_path / "data"), "--checkpoint", str(tmp_path / "no.pt"), *FAST]) == 1
     assert "no.pt: no such checkpoint" in capsys.readouterr().err
+
+
+def test_main_runs_through_run_command_with_the_allocator_setting(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(True))
+    assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert calls == [True] and error.count("\n") == 1 and "missing" in error and "Traceback" not in error
 
 
 def test_help_documents_every_flag(capsys):

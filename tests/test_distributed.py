@@ -170,8 +170,9 @@ def _global_batch_norm_rank(rank: int, port: int, x: torch.Tensor, queue) -> Non
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = norm(conv(half))
     (out.float() ** 2).sum().backward()
-    queue.put((rank, out.dtype, out.float().detach(), conv.weight.grad.clone(), norm.running_mean.clone(),
-               norm.running_var.clone()))
+    tensors = (out.float().detach(), conv.weight.grad, norm.running_mean, norm.running_var)
+    queue.put((rank, str(out.dtype), *(t.numpy().copy() for t in tensors)))  # numpy: no shared memory that
+    # would vanish with this process
     torch.distributed.destroy_process_group()
 
 
@@ -200,9 +201,10 @@ def test_global_batch_norm_in_bf16_matches_batch_norm_of_the_whole_batch():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = norm(conv(x))
     (out.float() ** 2).sum().backward()
-    assert all(r[1] == out.dtype == torch.bfloat16 for r in results)
-    torch.testing.assert_close(torch.cat([r[2] for r in results]), out.float().detach(), atol=0.05, rtol=0.02)
-    torch.testing.assert_close(results[0][3] + results[1][3], conv.weight.grad, atol=0.5, rtol=0.03)
+    assert out.dtype == torch.bfloat16 and all(r[1] == "torch.bfloat16" for r in results)
+    results = [[torch.from_numpy(t) for t in r[2:]] for r in results]
+    torch.testing.assert_close(torch.cat([r[0] for r in results]), out.float().detach(), atol=0.05, rtol=0.02)
+    torch.testing.assert_close(results[0][1] + results[1][1], conv.weight.grad, atol=0.5, rtol=0.03)
     for r in results:
-        torch.testing.assert_close(r[4], norm.running_mean, atol=0.01, rtol=0.02)
-        torch.testing.assert_close(r[5], norm.running_var, atol=0.01, rtol=0.02)
+        torch.testing.assert_close(r[2], norm.running_mean, atol=0.01, rtol=0.02)
+        torch.testing.assert_close(r[3], norm.running_var, atol=0.01, rtol=0.02)

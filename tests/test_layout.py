@@ -4,6 +4,7 @@ These are checks a reviewer would otherwise do by hand on every change (issue "O
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,13 @@ MAX_FUNCTION_LINES = 60
 # Lower layers never import higher ones (commands sit on top; within a layer anything acyclic goes).
 LAYERS = [
     {"errors", "recipes", "files", "registry", "progress", "runtime", "cli"},
-    {"models", "backbones", "images", "augment", "calibration", "neither", "distributed", "downloads", "plots"},
-    {"data", "tta", "features", "checkpoint", "config"},
-    {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget"},
-    {"train", "predict", "report", "explain", "export", "serve", "audit"},
+    {"models", "backbones", "images", "augment", "calibration", "neither", "distributed", "downloads", "plots", "pages",
+     "layers", "pictures"},
+    {"data", "tta", "features", "checkpoint", "config", "plan", "thumbnails"},
+    {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget", "scan", "checks", "web", "projects",
+     "jobs", "inside"},
+    {"train", "predict", "report", "explain", "export", "serve", "audit", "workspace", "studio_photos",
+     "studio_runs", "studio", "learn", "learn_view", "inside_view"},
 ]
 
 
@@ -85,3 +89,12 @@ def test_functions_are_short(name):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, f"{name}.py: functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_the_readme_names_every_module_in_its_layer():
+    """README's "Where things are" has one row per layer of LAYERS, naming exactly that layer's modules."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme[readme.index("## Where things are"):].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "`" in line]
+    named = [set(re.findall(r"`(\w+)\.py`", row)) for row in rows]
+    assert [set(layer) for layer in reversed(LAYERS)] == named

@@ -20,7 +20,7 @@ from classifier.models import create_model
 from classifier.inference import Classifier
 from classifier.config import TrainConfig
 from classifier.loop import make_optimizer
-from classifier.neither import IMAGENET_SIMILAR, IMAGENET_THRESHOLD, energy_score, neither_rule
+from classifier.neither import IMAGENET_SIMILAR, IMAGENET_THRESHOLD, NeitherRule, energy_score
 from conftest import REPO, copy_subset, make_image
 from test_train import _interrupt_on
 
@@ -179,17 +179,17 @@ def test_temperature_lowers_the_ece_of_an_overconfident_model():
 
 def test_energy_rule_flags_inputs_less_familiar_than_any_validation_photo():
     val_logits = torch.tensor([[4.0, -4.0], [-3.0, 3.5], [5.0, -5.0]])
-    rule = neither_rule(torch.nn.Linear(2, 2), ["apple", "pear"], val_logits)
-    assert rule["method"] == "energy"
-    assert (energy_score(val_logits) >= rule["threshold"]).all()
-    assert energy_score(torch.tensor([[0.1, 0.0]])).item() < rule["threshold"]
+    rule = NeitherRule.fit(torch.nn.Linear(2, 2), ["apple", "pear"], val_logits)
+    assert rule.method == "energy" and rule.to_dict() == {"method": "energy", "threshold": rule.threshold}
+    assert (energy_score(val_logits) >= rule.threshold).all()
+    assert rule.is_neither(rule.known_scores(torch.tensor([[0.1, 0.0]]), None)).item()
 
 
 def test_neither_answer_for_photos_of_other_things(real_data, capsys, tmp_path):
     model = lite0(finetune="probe")
     model.model_config["finetune"] = "probe"
     classifier = Classifier(model, ["cat", "dog"], Preprocessing(224, "center_crop"),
-                            neither={"method": "imagenet", "threshold": IMAGENET_THRESHOLD})
+                            neither=NeitherRule("imagenet", IMAGENET_THRESHOLD))
     photos = [NEITHER / "camera.png", NEITHER / "rocket.jpg", real_data / "val" / "dog" / "dog.4001.jpg",
               real_data / "val" / "cat" / "cat.4001.jpg"]
     results = list(classifier.predict_paths([str(p) for p in photos]))
@@ -206,8 +206,7 @@ def test_a_photo_like_a_training_photo_is_never_neither(real_data):
     camera, rocket = NEITHER / "camera.png", NEITHER / "rocket.jpg"
     with torch.inference_mode():
         bank = model.forward_all(preprocessing.normalize(preprocessing.decode(camera)[None]))[2]  # "trained on" it
-    rule = {"method": "imagenet", "threshold": IMAGENET_THRESHOLD, "similar": IMAGENET_SIMILAR}
-    classifier = Classifier(model, ["cat", "dog"], preprocessing, neither=rule, bank=bank)
+    classifier = Classifier(model, ["cat", "dog"], preprocessing, neither=NeitherRule.for_cats_and_dogs(bank))
     results = {Path(r["path"]).name: r for r in classifier.predict_paths([str(camera), str(rocket)])}
     assert not results["camera.png"]["neither"] and results["camera.png"]["known_score"] > 0
     assert results["rocket.jpg"]["neither"]

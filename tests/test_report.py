@@ -9,6 +9,7 @@ from PIL import Image
 
 from classifier import report, runs
 from classifier.errors import ClassifierError
+from classifier.pages import STYLESHEET, escape
 from classifier.report import main as report_main
 from conftest import REPO, train_args, train_main
 
@@ -40,6 +41,15 @@ def test_train_report_writes_every_figure_at_its_size(run):
     assert page.count("data:image/png;base64,") == len(expected)  # self-contained
     assert all(title in page for title in ("Training curves", "Confusion matrix", "Per-class scores",
                                            "Reliability", "Most confident mistakes"))
+    assert STYLESHEET.read_text() in page and "http://" not in page and "https://" not in page
+
+
+def test_a_hostile_run_name_is_shown_as_text(run, tmp_path):
+    hostile = tmp_path / '<img src=x onerror=alert(1)> & "q"'
+    summary = json.loads((run / "report" / "report.json").read_text())
+    figures = {name: run / "report" / f"{name}.png" for name in ("curves", "confusion", "reliability")}
+    page = report.render_html(hostile, summary, figures)
+    assert escape(hostile.name) in page and "<img src=x" not in page
 
 
 def test_report_numbers_match_the_metrics_log(run):
@@ -138,7 +148,8 @@ def test_without_matplotlib_the_commands_say_what_to_install(run, tiny_real, tmp
     assert not (tmp_path / "t" / "metrics.jsonl").exists()
 
 
-@pytest.mark.parametrize("module", ["classifier.report", "classifier.explain", "classifier.serve", "classifier.audit"])
+@pytest.mark.parametrize("module", ["classifier.report", "classifier.explain", "classifier.serve", "classifier.audit",
+                                    "classifier.studio"])
 def test_entry_points_and_console_scripts(module):
     result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and "usage:" in result.stdout and "(default:" in result.stdout

@@ -64,9 +64,12 @@ def test_a_small_folder_is_split_weighed_and_cross_validated(breeds, tmp_path, c
     assert "per class: cat" in printed
 
 
-def test_min_steps_gives_a_small_folder_more_epochs(breeds, tmp_path, capsys):
+def test_min_steps_gives_a_small_folder_more_passes_an_epoch(breeds, tmp_path, capsys):
     out = tmp_path / "run"
-    assert train_main(train_args(breeds, out, tmp_path / "cache", "--epochs", 1, "--min-steps", 6, "--folds", 0)) == 0
-    assert "1 step(s) an epoch: training 6 epochs for at least 6 steps (--min-steps)" in capsys.readouterr().out
-    assert load_checkpoint(out / "last.pt")["config"]["epochs"] == 6
+    assert train_main(train_args(breeds, out, tmp_path / "cache", "--epochs", 2, "--min-steps", 6, "--folds", 0)) == 0
+    assert "1 step(s) a pass over the training photos: 3 passes an epoch, 6 steps for at least 6 (--min-steps)" \
+        in capsys.readouterr().out
+    plan = load_checkpoint(out / "last.pt")["plan"]
+    assert (plan["epochs"], plan["passes"], plan["steps_per_epoch"]) == (2, 3, 3)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # an epoch record each, not one a step
     assert not (out / "cross_validation.json").exists()

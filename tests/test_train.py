@@ -10,6 +10,7 @@ from classifier import distributed, fitting, loop, train
 from classifier.augment import Augmentation
 from classifier.checkpoint import load_checkpoint
 from classifier.config import TrainConfig
+from classifier.plan import make_plan
 from classifier.data import find_dataset
 from classifier.images import Preprocessing
 from classifier.inference import Classifier
@@ -45,8 +46,8 @@ def test_convnet_learns_on_real_photos(small_real, tmp_path):
     (3, 1, [1, 2, 3]),
 ])
 def test_val_is_evaluated_about_ten_times_and_after_the_last_epoch(epochs, every, evaluated):
-    config = TrainConfig(epochs=epochs, eval_every=every)
-    assert [e for e in range(1, epochs + 1) if config.evaluates_after(e)] == evaluated
+    plan = make_plan(TrainConfig(epochs=epochs, eval_every=every).resolved(), examples=64)
+    assert [e for e in range(1, epochs + 1) if plan.evaluates_after(e)] == evaluated
 
 
 def test_article_network_sigmoid_mlp_mse_plain_sgd_beats_chance(real_data, tmp_path):
@@ -68,7 +69,7 @@ def test_checkpoint_is_self_describing(tiny_real, tmp_path):
     assert best["classes"] == ["cat", "dog"]
     assert best["model"] == {"name": "convnet", "num_classes": 2, "channels": [8, 16], "blocks": 1,
                              "dropout": 0.2, "stem_stride": 2}
-    assert best["preprocessing"]["image_size"] == 32 and best["config"]["epochs"] == 2
+    assert best["preprocessing"]["image_size"] == 32 and best["config"]["epochs"] == best["plan"]["epochs"] == 2
     assert "training_state" not in best and {"optimizer", "scheduler"} <= set(last["training_state"])
     assert last["epoch"] == 2 and last["metrics"] == metrics(out)[-1]
     log = metrics(out)
@@ -226,7 +227,7 @@ def test_training_crops_are_cut_from_photos_decoded_at_the_test_time_size(tiny_r
     assert train_set.images.shape[-1] == 40  # train/ is decoded at that size ...
     assert [v.images.shape[-1] for v in val_sets] == [32, 40]  # ... val at both
     pipeline = fitting.image_pipeline(config, torch.nn.Identity(), preprocessing, crops, train_set, val_sets, session)
-    x, labels = pipeline.prepare(train_set.images[:4], train_set.targets[:4], torch.Generator().manual_seed(0), 0)
+    x, labels = pipeline.prepare(train_set.images[:4], train_set.targets[:4], torch.Generator().manual_seed(0), 32)
     assert x.shape == (4, 3, 32, 32)  # ... and every training batch is cut down to 32 px crops
 
 
@@ -245,10 +246,10 @@ def test_exclude_leaves_the_named_photos_out_and_the_checkpoint_records_it(tiny_
 
 
 def test_progressive_resizing_grows_the_crops_over_the_first_part_of_the_run():
-    config = TrainConfig(epochs=10, image_size=80, size_from=56, size_ramp=0.5).resolved()
-    assert [config.train_size(e) for e in range(10)] == [56, 56, 64, 72, 80, 80, 80, 80, 80, 80]
-    assert {TrainConfig(epochs=10, size_from=0, precision="fp32").resolved().train_size(e) for e in range(10)} == {80}
-    assert TrainConfig(epochs=10, precision="fp32").resolved().train_size(0) == 56  # the recipe's
+    plan = make_plan(TrainConfig(epochs=10, image_size=80, size_from=56, size_ramp=0.5).resolved(), examples=64)
+    assert [plan.train_size(e) for e in range(10)] == [56, 56, 64, 72, 80, 80, 80, 80, 80, 80]
+    assert set(make_plan(TrainConfig(epochs=10, size_from=0, precision="fp32").resolved(), 64).sizes) == {80}
+    assert make_plan(TrainConfig(epochs=10, precision="fp32").resolved(), 64).train_size(0) == 56  # the recipe's
 
 
 def test_a_stride_2_stem_does_no_work_at_full_resolution():
@@ -266,5 +267,6 @@ def test_a_time_budget_plans_as_many_epochs_as_fit(tiny_real, tmp_path, capsys, 
                                  "--eval-every", 40)) == 0
     assert f"time budget {minutes:g} min: " in capsys.readouterr().out
     last = load_checkpoint(out / "last.pt")
-    assert last["config"]["epochs"] == planned == last["epoch"]  # the checkpoint keeps the plan
+    assert last["plan"]["epochs"] == planned == last["epoch"]  # the checkpoint keeps the plan
+    assert last["config"]["epochs"] == 40  # and the settings as given
     assert TrainConfig(epochs=5).resolved().time_budget == 0  # --epochs alone: exactly that many

@@ -1,14 +1,10 @@
-// The page: photos in, one card each with the network's answer. Everything a user or the
-// server supplies is shown with textContent, never parsed as HTML.
+// The serve page: photos in, one card each with the network's answer (cards.js). Everything a
+// user or the server supplies is shown with textContent, never parsed as HTML.
 "use strict";
 
 const IN_FLIGHT = 4; // photos sent at once; each goes alone, so a big drop never hits the upload limit
 let info = null; // the model card, once /info has answered
 let infoReady = Promise.resolve();
-
-function percent(p) {
-  return (100 * p).toFixed(1) + "%";
-}
 
 function neitherRule(neither) {
   if (!neither) return "none";
@@ -46,83 +42,16 @@ function showModelCard(card) {
 }
 
 async function post(file, explain) {
-  const form = new FormData();
-  form.append("file", file, file.name);
-  const response = await fetch("/predict" + (explain ? "?explain=1" : ""), { method: "POST", body: form });
-  const body = await response.json();
-  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
-  return body[0];
-}
-
-function newCard(file) {
-  const card = document.getElementById("card-template").content.firstElementChild.cloneNode(true);
-  card.querySelector(".filename").textContent = file.name;
-  card.querySelector(".thumb").src = URL.createObjectURL(file);
-  document.getElementById("cards").append(card);
-  return card;
-}
-
-function showError(card, message) {
-  card.querySelector(".label").textContent = "unreadable";
-  const error = card.querySelector(".error");
-  error.textContent = message;
-  error.hidden = false;
-  card.dataset.state = "error";
-}
-
-function showResult(card, result) {
-  if (result.error) return showError(card, result.error);
-  card.querySelector(".label").textContent = result.label;
-  card.querySelector(".badge").hidden = !result.neither;
-  const bars = card.querySelector(".bars");
-  for (const [name, p] of Object.entries(result.probabilities)) {
-    const row = document.createElement("li");
-    row.dataset.class = name;
-    row.dataset.probability = String(p);
-    const label = document.createElement("span");
-    const bar = document.createElement("div");
-    const fill = document.createElement("div");
-    const value = document.createElement("span");
-    label.textContent = name;
-    bar.className = "bar";
-    fill.className = "fill";
-    fill.style.width = percent(p);
-    value.className = "value";
-    value.textContent = percent(p);
-    bar.append(fill);
-    row.append(label, bar, value);
-    bars.append(row);
-  }
-  card.querySelector(".toggle").hidden = !info || !info.explainable;
-  card.dataset.state = "done";
-}
-
-async function toggleHeatmap(card, file) {
-  const button = card.querySelector(".toggle");
-  const heatmap = card.querySelector(".heatmap");
-  const showing = button.getAttribute("aria-pressed") === "true";
-  if (!showing && !heatmap.getAttribute("src")) {
-    button.disabled = true;
-    try {
-      heatmap.src = (await post(file, true)).heatmap;
-    } catch (error) {
-      return showError(card, error.message);
-    } finally {
-      button.disabled = false;
-    }
-  }
-  button.setAttribute("aria-pressed", String(!showing));
-  heatmap.hidden = showing;
-  card.querySelector(".thumb").hidden = !showing;
+  return predictOne("/predict", file, explain);
 }
 
 async function classify(file) {
-  const card = newCard(file);
-  card.querySelector(".toggle").addEventListener("click", () => toggleHeatmap(card, file));
+  const card = newCard(file, document.getElementById("cards"));
+  card.querySelector(".toggle").addEventListener("click", () => toggleHeatmap(card, async () => (await post(file, true)).heatmap));
   try {
     const result = await post(file, false);
     await infoReady; // the card's heatmap toggle depends on whether the model can explain
-    showResult(card, result);
+    showResult(card, result, info && info.explainable);
   } catch (error) {
     showError(card, error.message);
   }
