@@ -4,13 +4,13 @@
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.scratch_seeds --train-args '--time-budget 8.4'
 
 Each seed is `python train.py --data DATA --seed S` plus --train-args (nothing else: the recipe and
-its time budget decide the rest), fresh process, cold decode cache. The score is val/'s accuracy
-after the last epoch (best.pt is chosen on val/, so the best epoch would flatter it). The recipe's
-settings were chosen on a split of train/ alone (benchmarks/RESULTS.md, "From-scratch recipe:
-how it was chosen"), so val/ is photos no setting was chosen on. --split held_out scores
-held_out.py's split instead (half of train/ held out, training on the rest and val/): those
-photos were part of the selection split, so that figure may flatter. Writes its section of
-RESULTS.md, one per CPU class and split.
+its time budget decide the rest), fresh process, cold decode cache. The score is the accuracy after
+the last epoch (best.pt is chosen on the scored photos, so the best epoch would flatter it).
+--split held_out (the default) scores held_out.py's split: every other photo of train/ held out,
+training on the rest and val/. The recipe's settings were first chosen on val/; a later re-check on
+splits of train/ alone (crop scale, cutmix, resolution, weight decay, label smoothing) kept every one
+of them, so no setting was chosen on the held-out photos. --split val scores val/ itself, which the
+first choice saw: that figure may flatter. Writes its section of RESULTS.md, one per CPU class and split.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
     parser.add_argument("--train-args", default="", help="extra flags for train.py, e.g. '--time-budget 8.4' for the "
                         "epochs a Zen 3 plans in 14 minutes under the AVX2 emulation (default: none)")
-    parser.add_argument("--split", choices=("val", "held_out"), default="val",
-                        help="score val/ (default), or held_out.py's split of the same photos")
+    parser.add_argument("--split", choices=("held_out", "val"), default="held_out",
+                        help="score held_out.py's held-out half of train/ (default), or val/ (seen by the first choice)")
     args = parser.parse_args()
     flags, rows, runs = args.train_args.split(), [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +74,7 @@ def main() -> None:
         "seconds an epoch (the plan's estimate) | wall time |",
         "|---|---|---|---|---|---|", *rows,
     ])
-    name = f"scratch_seeds-{class_tag()}" + ("" if args.split == "val" else "-held_out")
+    name = f"scratch_seeds-{class_tag()}-{args.split}"
     write_section(name, f"From scratch over {len(runs)} seeds, {scored} ({cpu_class()})", body)
 
 
