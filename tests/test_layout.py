@@ -18,7 +18,7 @@ MAX_FUNCTION_LINES = 60
 LAYERS = [
     {"errors", "recipes", "files", "registry", "progress", "runtime", "cli"},
     {"models", "backbones", "images", "augment", "calibration", "neither", "distributed", "downloads", "plots", "pages"},
-    {"data", "tta", "features", "checkpoint", "config", "plan", "thumbnails"},
+    {"data", "tta", "features", "checkpoint", "config", "plan", "thumbnails", "probe"},
     {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget", "scan", "checks", "web", "projects",
      "jobs"},
     {"train", "predict", "report", "explain", "export", "serve", "audit", "workspace", "studio_photos",
