@@ -30,6 +30,7 @@ from classifier.gradcam import (Explanation, check_explainable, class_summary, d
                                 explain_image)
 from classifier.images import Preprocessing
 from classifier.inference import Classifier
+from classifier.pictures import weight_images
 from classifier.plots import figure, save_figure
 
 FEATURE_CHANNELS, FEATURE_WIDTH, FEATURE_ROW = 8, 960, 150
@@ -71,16 +72,6 @@ def draw_feature_maps(feature_maps: list[tuple[str, torch.Tensor]], path: Path) 
     return save_figure(fig, path)
 
 
-def _weight_images(weights: torch.Tensor) -> torch.Tensor:
-    """[n, c, h, w] weights -> [n, h, w, 3 or 1] images in [0, 1], zero at gray: each image is
-    scaled by its own largest magnitude, so its sign pattern (light vs dark) shows."""
-    weights = weights.detach().float().cpu()
-    if weights.shape[1] != 3:
-        weights = weights[:, :1]  # not RGB (say, a grouped convolution): its first input channel
-    scale = weights.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
-    return (0.5 + 0.5 * weights / scale).permute(0, 2, 3, 1)
-
-
 def draw_grid(images: torch.Tensor, titles: list[str], title: str, width: int, row_height: int,
               path: Path) -> Path:
     rows = -(-len(images) // GRID_COLUMNS)
@@ -109,7 +100,7 @@ def draw_filters(model: nn.Module, path: Path) -> Path | None:
         return None
     weights = conv.weight[:MAX_FILTERS]
     kernel = "x".join(map(str, weights.shape[-2:]))
-    return draw_grid(_weight_images(weights), [""] * len(weights),
+    return draw_grid(weight_images(weights), [""] * len(weights),
                      f"first layer: {len(weights)} of {conv.out_channels} filters, {kernel} pixels",
                      FILTER_WIDTH, FILTER_ROW, path)
 
@@ -123,7 +114,7 @@ def draw_templates(model: nn.Module, preprocessing: Preprocessing, classes: list
     weights = layer.weight[:MAX_TEMPLATES].reshape(-1, 3, size, size)
     is_output = hasattr(model, "get_classifier") and model.get_classifier() is layer
     titles = classes[:len(weights)] if is_output else [f"neuron {i}" for i in range(len(weights))]
-    return draw_grid(_weight_images(weights), titles,
+    return draw_grid(weight_images(weights), titles,
                      f"first layer's weights as images: {len(weights)} of {layer.out_features} templates",
                      TEMPLATE_WIDTH, TEMPLATE_ROW, path)
 

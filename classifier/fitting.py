@@ -330,6 +330,17 @@ def save_epoch(run: Run, state: TrainState, metrics: dict, val: dict | None) -> 
     save(run, state, "last.pt", metrics, with_state=True)
 
 
+def end_epoch(run: Run, state: TrainState, seconds: float, started: float, extra: dict | None = None) -> dict:
+    """After an epoch's last step: validate if planned, log the epoch (with `extra`, e.g. the
+    solver's choice), move on, save; its metrics."""
+    val = validate(run, state.epoch + 1) if run.plan.evaluates_after(state.epoch + 1) else None
+    metrics = {**epoch_metrics(run, state, seconds, val, started), **(extra or {})}
+    log_epoch(run, metrics)
+    state.next_epoch()
+    save_epoch(run, state, metrics, val)
+    return metrics
+
+
 def step_events(run: Run, state: TrainState, started: float) -> Callable[[TrainState], None]:
     """on_step for train_one_epoch: a "step" event at most every STEP_EVENT_SECONDS and after an
     epoch's last step, with the running loss and accuracy, learning rate, speed and time left."""
@@ -413,11 +424,7 @@ def fit(run: Run, state: TrainState, stop: StopSignal, started: float) -> dict:
                                                        session.is_main and run.out is not None, on_step)
             if not finished:
                 stop_here(run, state, metrics, stop.requested)
-            val = validate(run, state.epoch + 1) if plan.evaluates_after(state.epoch + 1) else None
-            metrics = {**epoch_metrics(run, state, time.perf_counter() - epoch_started, val, started), **solved}
-            log_epoch(run, metrics)
-            state.next_epoch()
-            save_epoch(run, state, metrics, val)
+            metrics = end_epoch(run, state, time.perf_counter() - epoch_started, started, solved)
             if distributed.any_rank(stop.requested) and state.epoch < plan.epochs:
                 stop_here(run, state, metrics, stop.requested)
     run.emit("end", best_epoch=state.best_epoch, best_accuracy=state.best_accuracy, epochs=plan.epochs)

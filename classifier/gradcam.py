@@ -24,6 +24,7 @@ from torch import nn
 from classifier.errors import ClassifierError
 from classifier.images import Preprocessing
 from classifier.inference import Classifier
+from classifier.layers import trace_layers
 from classifier.plots import figure, require_matplotlib, save_figure
 from classifier.tta import model_outputs
 
@@ -34,30 +35,12 @@ HEATMAP_OPACITY = 0.45  # of the heatmap's colours over the photo
 
 def trace(model: nn.Module, forward: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
     """Call forward() with a hook on every module of model; return its logits and the feature
-    maps (4-D outputs with more than one pixel) in the order they were computed.
-
-    A container returns its last child's tensor: each tensor is listed once, under the name of
-    the outermost module that returned it (say `features.2` rather than `features.2.3.relu`).
-    """
-    recorded: list[list] = []
-    position: dict[int, int] = {}
-
-    def hook(name, output):
-        if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-2:].numel() > 1:
-            if id(output) in position:
-                recorded[position[id(output)]][0] = name
-            else:
-                position[id(output)] = len(recorded)
-                recorded.append([name, output])
-
-    handles = [module.register_forward_hook(lambda module, inputs, output, name=name: hook(name, output))
-               for name, module in model.named_modules() if name]
-    try:
-        logits = forward()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return logits, [(name, output) for name, output in recorded]
+    maps (4-D outputs with more than one pixel) in the order they were computed, each under the
+    name of the outermost module that returned it (say `features.2` rather than
+    `features.2.3.relu`; layers.trace_layers)."""
+    logits, layers = trace_layers(model, forward)
+    return logits, [(layer.name, layer.output) for layer in layers
+                    if layer.output.ndim == 4 and layer.output.shape[-2:].numel() > 1]
 
 
 @dataclass

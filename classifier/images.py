@@ -214,7 +214,7 @@ def decode_images(
     """
     cache_file = None
     if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"decoded-{_cache_key(paths, labels, preprocessing)}.pt"
+        cache_file = Path(cache_dir) / f"decoded-{cache_key(paths, labels, preprocessing)}.pt"
         if cache_file.exists():
             try:
                 cached = torch.load(cache_file, mmap=True, weights_only=True)
@@ -248,7 +248,9 @@ def decode_images(
     return decoded
 
 
-def _cache_key(paths, labels, preprocessing: Preprocessing) -> str:
+def cache_key(paths, labels, preprocessing: Preprocessing) -> str:
+    """A name for what decoding these files this way gives: any change to a file, the list or the
+    decode settings changes it."""
     digest = hashlib.sha256()
     digest.update(json.dumps([preprocessing.image_size, preprocessing.resize]).encode())
     for path, label in zip(paths, labels):

@@ -175,15 +175,28 @@ class Trainer:
     class_weights: torch.Tensor | None = None  # of each class in the loss (classes of different sizes)
 
 
+@dataclass
+class Step:
+    """One training step's forward pass: what the network saw and answered (the learn view shows it)."""
+
+    inputs: torch.Tensor  # the batch as the network saw it: augmented, mixed, normalized
+    targets: torch.Tensor  # class indices [N], or class probabilities [N, classes] (mixed images)
+    logits: torch.Tensor  # the output layer's values, float32
+    loss: torch.Tensor  # the error the update follows (config.loss)
+
+
 def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
-               size: int, where: str) -> list[float]:
-    """One optimizer step on a batch (training crops of `size` pixels); returns [loss sum,
-    correct, images] over all processes."""
+               size: int, where: str, observe: Callable[[Step], None] | None = None) -> list[float]:
+    """One optimizer step on a batch (training crops of `size` pixels): forward, error, backward,
+    update; returns [loss sum, correct, images] over all processes. observe(step), if given,
+    sees the forward pass before the update."""
     config = trainer.config
     x, targets = trainer.prepare(images.to(trainer.device), labels.to(trainer.device), generator, size)
     with autocast(trainer.device, config.precision):
         logits = trainer.forward(x).float()
     loss = compute_loss(config.loss, logits, targets, config.label_smoothing, trainer.class_weights)
+    if observe:
+        observe(Step(x, targets, logits, loss))
     majority = targets.argmax(1) if targets.ndim == 2 else targets  # mixed: the larger share
     sums = distributed.all_sum([loss.item() * len(labels), (logits.argmax(1) == majority).sum().item(), len(labels)])
     if not math.isfinite(sums[0]):
@@ -199,24 +212,37 @@ def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, gen
     return sums
 
 
+def start_epoch(trainer: Trainer, batches: Batches, epoch: int) -> None:
+    """Train mode, and the epoch's order of batches: the same whether the epoch runs whole,
+    resumed mid-way or one step at a time (learn.py)."""
+    trainer.model.train(not trainer.freeze)
+    trainer.model.get_classifier().train()
+    batches.generator = torch.Generator().manual_seed(step_seed(trainer.config.seed, epoch, -1))
+
+
+def seeded_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, state: TrainState, plan: Plan,
+                observe: Callable[[Step], None] | None = None) -> None:
+    """train_step on the batch at (state.epoch, state.step) with the randomness drawn for that
+    place (augmentation, mixing, dropout), then state moves on by one step."""
+    seed, epoch, step = trainer.config.seed, state.epoch, state.step
+    torch.manual_seed(step_seed(seed, epoch, step))  # dropout
+    generator = torch.Generator().manual_seed(step_seed(seed, epoch, step))
+    state.running.add(*train_step(trainer, images, labels, generator, plan.train_size(epoch),
+                                  f"epoch {epoch + 1}, step {step}", observe))
+    state.step = step + 1
+
+
 def train_one_epoch(trainer: Trainer, batches: Batches, state: TrainState, stop: "StopSignal", plan: Plan,
                     show: bool = True, on_step: Callable[[TrainState], None] | None = None) -> bool:
     """Train on every batch of epoch state.epoch from step state.step on, calling on_step(state)
     after each step; False if a stop was requested (in any process) before the last step, with
     `state` where it stopped."""
-    config, epoch = trainer.config, state.epoch
-    trainer.model.train(not trainer.freeze)
-    trainer.model.get_classifier().train()
-    batches.generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, -1))
-    bar = progress(batches, f"epoch {epoch + 1}/{plan.epochs}", unit="batch", enabled=show)
+    start_epoch(trainer, batches, state.epoch)
+    bar = progress(batches, f"epoch {state.epoch + 1}/{plan.epochs}", unit="batch", enabled=show)
     for step, (images, labels) in enumerate(bar):
         if step < state.step:
             continue  # resuming mid-epoch: these batches were already trained on
-        torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout
-        generator = torch.Generator().manual_seed(step_seed(config.seed, epoch, step))
-        state.running.add(*train_step(trainer, images, labels, generator, plan.train_size(epoch),
-                                      f"epoch {epoch + 1}, step {step}"))
-        state.step = step + 1
+        seeded_step(trainer, images, labels, state, plan)
         bar.set_postfix(loss=f"{state.running.loss:.4f}", acc=f"{state.running.accuracy:.3f}")
         if on_step:
             on_step(state)

@@ -18,6 +18,8 @@ It is one web app (web.py) with a router per area; serve's predict API is one of
   evaluate  confusion matrix (cells open their photos), per-class scores, reliability, test folder
   try       serve's /info and /predict over a run's best.pt (serve.py), with Grad-CAM
   export    ONNX, TorchScript, the checkpoint and a model card
+  learn     a network learning one step at a time: every number of each step   learn_view.py
+  inside    a trained run opened up: every layer for a photo, a channel's top patches   inside_view.py
 Each is a web.Area: an APIRouter, and for a tab on the project page a template fragment
 templates/tabs/NAME.html and a script static/NAME.js. A route gets the workspace and the project
 its path names as parameters (`workspace: Current`, `project: Opened`; workspace.py). Adding one:
@@ -54,12 +56,14 @@ from starlette.concurrency import run_in_threadpool
 
 from classifier import web
 from classifier.cli import run_command
+from classifier.inside_view import INSIDE
+from classifier.learn_view import LEARN
 from classifier.studio_photos import AUDIT, PHOTOS, PROJECTS
 from classifier.studio_runs import EVALUATE, EXPORT, RECIPES_AREA, RUNS, TRY
 from classifier.web import Area, page
 from classifier.workspace import Workspace
 
-AREAS = [PROJECTS, PHOTOS, AUDIT, RECIPES_AREA, RUNS, EVALUATE, TRY, EXPORT]
+AREAS = [PROJECTS, PHOTOS, AUDIT, RECIPES_AREA, RUNS, LEARN, EVALUATE, INSIDE, TRY, EXPORT]
 SCRIPTS = ["common.js", "cards.js", "studio.js"]  # before the areas' scripts
 
 

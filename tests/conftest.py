@@ -74,3 +74,20 @@ def trained_run(tiny_real, tmp_path_factory) -> Path:
 def trained(trained_run) -> Path:
     """best.pt of the suite's one trained model."""
     return trained_run / "best.pt"
+
+
+def make_project(root: Path, out: Path, per_class: int, classes=("cat", "dog")) -> Path:
+    """A studio project: out/photos/<class>/ with the first `per_class` training photos of each class."""
+    for name in classes:
+        files = sorted((root / "train" / name).iterdir(), key=lambda p: int(p.name.split(".")[1]))[:per_class]
+        (out / "photos" / name).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy(f, out / "photos" / name / f.name)
+    (out / "runs").mkdir(exist_ok=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def project(real_data, tmp_path_factory) -> Path:
+    """A studio project of 24 photos per class (photos/<class>/, runs/)."""
+    return make_project(real_data, tmp_path_factory.mktemp("project"), 24)

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from classifier import explain, gradcam
+from classifier import explain, gradcam, pictures
 from classifier.errors import ClassifierError
 from classifier.explain import main as explain_main
 from classifier.export import export
@@ -111,7 +111,7 @@ def test_pick_layers_for_the_convnet():
 
 def test_weight_images_keep_zero_at_gray():
     weights = torch.tensor([[[[2.0, -2.0], [0.0, 1.0]]] * 3])  # one RGB 2x2 filter
-    images = explain._weight_images(weights)
+    images = pictures.weight_images(weights)
     assert images.shape == (1, 2, 2, 3)
     assert images[0, :, :, 0].tolist() == [[1.0, 0.0], [0.5, 0.75]]
 

@@ -17,12 +17,13 @@ MAX_FUNCTION_LINES = 60
 # Lower layers never import higher ones (commands sit on top; within a layer anything acyclic goes).
 LAYERS = [
     {"errors", "recipes", "files", "registry", "progress", "runtime", "cli"},
-    {"models", "backbones", "images", "augment", "calibration", "neither", "distributed", "downloads", "plots", "pages"},
+    {"models", "backbones", "images", "augment", "calibration", "neither", "distributed", "downloads", "plots", "pages",
+     "layers", "pictures"},
     {"data", "tta", "features", "checkpoint", "config", "plan", "thumbnails", "probe"},
     {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget", "scan", "checks", "web", "projects",
-     "jobs"},
+     "jobs", "inside"},
     {"train", "predict", "report", "explain", "export", "serve", "audit", "workspace", "studio_photos",
-     "studio_runs", "studio"},
+     "studio_runs", "studio", "learn", "learn_view", "inside_view"},
 ]
 
 

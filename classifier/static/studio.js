@@ -4,7 +4,7 @@
 "use strict";
 
 const JOB_POLL_MS = 2000;
-const RUN_TABS = ["evaluate", "try", "export"]; // tabs about one trained run: the run picker shows
+const RUN_TABS = ["evaluate", "try", "export", "inside"]; // tabs about one trained run: the run picker shows
 
 function when(timestamp) {
   const date = new Date(timestamp);
