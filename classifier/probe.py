@@ -12,10 +12,8 @@ scikit-learn's LogisticRegressionCV does instead:
      L-BFGS; along the strengths each fit starts from the previous one) and score the held-out
      fold: out-of-fold log-loss and accuracy of each strength, summed over 3 deals of the folds
      (fewer chance ties and flukes than one deal);
-  3. choose the strength with the highest out-of-fold accuracy, of equals the lowest log-loss
-     (best_strength: on the training photos of benchmarks/own_classes.py's folders, nested
-     cross-validation preferred it to the log-loss alone, benchmarks/probe_choice.py), refit on all
-     training photos with it, from zero;
+  3. choose the strength with the highest out-of-fold accuracy (LogisticRegressionCV's choice), of
+     equals the lowest out-of-fold log-loss; refit on all training photos with it, from zero;
   4. fold the standardization into the output layer (Probe.folded), so the model, its checkpoint,
      predict and the exported files are those of any probe.
 

@@ -55,10 +55,9 @@ PROBE = {**PRETRAINED, "finetune": "probe", "optimizer": "lbfgs", "lr": 1e-3, "w
          "batch_size": 64, "min_steps": 300}  # a folder of a dozen photos a class still gets 300 steps
 EPOCHS_OPTIMIZER = "adamw"  # --epochs N asks for epochs: a recipe that solves the probe trains it with this
 
-# --optimizer lbfgs (probe.py): scikit-learn LogisticRegressionCV's defaults, its C from strong to weak
-# (C: the summed loss plus |W|^2 / 2C), 5 stratified folds, dealt 3 times (nested cross-validation on
-# training photos preferred 3 deals to 1: benchmarks/RESULTS.md, "Pretrained probe: the solver's
-# choice"); L-BFGS iterations per fit at most.
+# --optimizer lbfgs (probe.py): scikit-learn LogisticRegressionCV's ten strengths C from strong to weak
+# (C: the summed loss plus |W|^2 / 2C), its 5 stratified folds, dealt 3 times (fewer chance ties
+# between strengths than one deal); L-BFGS iterations per fit at most.
 SOLVER = {"strengths": tuple(10 ** (-4 + 8 * i / 9) for i in range(10)), "folds": 5, "deals": 3, "iterations": 200}
 
 BACKBONES = {  # `--model NAME --pretrained`
