@@ -87,6 +87,8 @@ def test_the_recipe_solves_and_epochs_ask_for_gradient_descent():
     recipe = TrainConfig(model="efficientnet_lite0", pretrained=True).resolved()
     assert recipe.optimizer == "lbfgs"
     assert TrainConfig(model="efficientnet_lite0", pretrained=True, epochs=3).resolved().optimizer == "adamw"
+    for more in ({"finetune": "last"}, {"finetune": "full"}, {"time_budget": 1.0}):
+        assert TrainConfig(model="efficientnet_lite0", pretrained=True, **more).resolved().optimizer == "adamw"
     assert TrainConfig(model="efficientnet_lite0", pretrained=True, optimizer="adamw").resolved().epochs == 30
     plan = make_plan(recipe, 100)
     assert (plan.epochs, plan.batch_size, plan.evaluated) == (1, 100, (1,))
@@ -95,7 +97,8 @@ def test_the_recipe_solves_and_epochs_ask_for_gradient_descent():
 
 @pytest.mark.parametrize("flags, message", [(["--model", "convnet"], "solves a linear probe"),
                                             (["--pretrained", "--loss", "mse"], "minimizes the cross-entropy"),
-                                            (["--pretrained", "--time-budget", "1"], "leave out --time-budget")])
+                                            (["--pretrained", "--time-budget", "1"], "leave out --time-budget"),
+                                            (["--pretrained", "--finetune", "last"], "solves a linear probe")])
 def test_the_solver_refuses_what_it_cannot_do(tiny_real, tmp_path, capsys, flags, message):
     args = ["--data", tiny_real, "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", "--image-size", 32,
             "--device", "cpu", "--folds", 0, "--optimizer", "lbfgs", "--channels", "8,16"]
