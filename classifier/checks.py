@@ -20,6 +20,7 @@ from torchvision.models import MobileNet_V3_Large_Weights
 from classifier.data import normalized_path, stratified_folds
 from classifier.images import IMAGE_EXTENSIONS
 from classifier.neither import IMAGENET_CATS_AND_DOGS, NeitherRule, is_cats_and_dogs
+from classifier.probe import fit_probe
 from classifier.runtime import one_thread
 from classifier.scan import Photo, Scan
 
@@ -170,27 +171,6 @@ def duplicate_card(finding: dict) -> str:
 
 
 # --------------------------------------------------------------------------- label
-
-
-def fit_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float = 1e-2):
-    """A multinomial logistic regression on standardized features (L-BFGS to convergence):
-    a function from features to class probabilities. A feature (nearly) constant on the
-    training folds is scaled like a typical one, so it cannot blow up on the held-out fold."""
-    mean, scale = features.mean(0), features.std(0)
-    scale = scale.clamp_min(float(scale.mean()) * 0.01 + 1e-12)
-    inputs = ((features - mean) / scale).double()
-    layer = nn.Linear(features.shape[1], num_classes).double()
-    optimizer = torch.optim.LBFGS(layer.parameters(), lr=1, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(layer(inputs), labels) + weight_decay / 2 * layer.weight.square().sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return lambda x: layer(((x - mean) / scale).double()).softmax(1).float().detach()
 
 
 def out_of_fold_probabilities(features: torch.Tensor, labels: torch.Tensor, num_classes: int,

@@ -65,7 +65,10 @@ class TrainConfig:
     # optimization
     loss: str = option("ce", "ce: cross-entropy; mse: squared error of softmax probabilities", choices=("ce", "mse"))
     label_smoothing: float = recipe_option("ce: weight moved from the true class to all classes")
-    optimizer: str = recipe_option("optimizer", choices=("sgd", "adamw"))
+    optimizer: str = recipe_option("optimizer; lbfgs (a linear probe only): solve it exactly in one epoch, its L2 "
+                                   "strength chosen by cross-validation on the training photos (then --lr, "
+                                   "--weight-decay, --batch-size, --epochs do not apply)",
+                                   choices=("sgd", "adamw", "lbfgs"))
     lr: float = recipe_option("peak learning rate")
     momentum: float = option(0.9, "sgd momentum (0 for plain gradient descent)")
     nesterov: bool = option(True, "sgd: Nesterov momentum")
@@ -124,7 +127,9 @@ class TrainConfig:
         """The settings a run uses, resolved once: the precision for the device; unset settings
         from the recipe (with --init, that of the checkpoint's model, pretrained if it was, and
         the checkpoint's image sizes; from scratch, the larger recipe where the run computes in
-        bf16 natively); the test-time sizes as --help says. Resolving twice changes nothing."""
+        bf16 natively; with --epochs, --time-budget or more than the probe to train, a recipe's
+        solver becomes epochs of gradient descent); the
+        test-time sizes as --help says. Resolving twice changes nothing."""
         name, pretrained, kept = self.model, self.pretrained or bool(self.weights), {}
         if self.init:
             checkpoint = load_checkpoint(self.init)
@@ -134,8 +139,11 @@ class TrainConfig:
                     "tta_sizes": tuple(checkpoint["preprocessing"].get("tta_sizes", ()))}
         precision = resolve_precision(self.precision, select_device(self.device))
         recipe = recipes.recipe(name, pretrained, precision == "bf16")
-        if self.epochs is not None:
-            recipe = {**recipe, "min_steps": 0, "time_budget": 0}  # --epochs N: exactly N epochs
+        if self.epochs is not None:  # --epochs N: exactly N epochs
+            recipe = {**recipe, "min_steps": 0, "time_budget": 0}
+        if recipe["optimizer"] == "lbfgs" and (self.epochs is not None or self.time_budget
+                                               or (self.finetune or recipe["finetune"]) != "probe"):
+            recipe = {**recipe, "optimizer": recipes.EPOCHS_OPTIMIZER}  # epochs, a budget, or more than the probe
         unset = {f.name: recipe[f.name] for f in fields(self)
                  if getattr(self, f.name) is None and f.name in recipe and f.name != "tta_sizes"}
         config = replace(self, model=name, precision=precision, **{**unset, **kept})

@@ -34,10 +34,12 @@ from classifier.data import Batches, CachedImageFolder, Dataset
 from classifier.errors import ClassifierError
 from classifier.features import Features, compute_features, feature_views
 from classifier.images import Preprocessing
-from classifier.loop import StopSignal, Trainer, TrainState, evaluate, make_optimizer, make_schedule, train_one_epoch
+from classifier.loop import (Running, StopSignal, Trainer, TrainState, evaluate, make_optimizer, make_schedule,
+                            train_one_epoch)
 from classifier.models import create_model, model_arguments, model_entry
 from classifier.neither import NeitherRule, training_bank
 from classifier.plan import Plan
+from classifier.probe import cross_validated_probe, tally
 from classifier.runs import append_metrics
 from classifier.runtime import grad_scaler, memory_format, one_thread
 from classifier.tta import average, decodings, model_outputs
@@ -184,6 +186,18 @@ def pipeline_on_features(model: nn.Module, train: Features, val: list[Features],
                     small_steps=probe)
 
 
+def check_solver(config: TrainConfig, pipeline: Pipeline) -> None:
+    """--optimizer lbfgs solves a linear probe on cached features, by cross-entropy, in one epoch."""
+    if not pipeline.small_steps:
+        raise ClassifierError(f"--optimizer lbfgs solves a linear probe: use it with --pretrained and --finetune "
+                              f"probe (not --model {config.model} --finetune {config.finetune})")
+    if config.loss != "ce":
+        raise ClassifierError("--optimizer lbfgs minimizes the cross-entropy: leave out --loss mse")
+    if config.time_budget:
+        raise ClassifierError("--time-budget plans epochs of gradient descent; --optimizer lbfgs solves the probe "
+                              "in one: leave out --time-budget, or add --optimizer adamw")
+
+
 STEP_EVENT_SECONDS = 0.5  # step events at most this often (and after each epoch's last step)
 
 
@@ -316,10 +330,11 @@ def save_epoch(run: Run, state: TrainState, metrics: dict, val: dict | None) -> 
     save(run, state, "last.pt", metrics, with_state=True)
 
 
-def end_epoch(run: Run, state: TrainState, seconds: float, started: float) -> dict:
-    """After an epoch's last step: validate if planned, log the epoch, move on, save; its metrics."""
+def end_epoch(run: Run, state: TrainState, seconds: float, started: float, extra: dict | None = None) -> dict:
+    """After an epoch's last step: validate if planned, log the epoch (with `extra`, e.g. the
+    solver's choice), move on, save; its metrics."""
     val = validate(run, state.epoch + 1) if run.plan.evaluates_after(state.epoch + 1) else None
-    metrics = epoch_metrics(run, state, seconds, val, started)
+    metrics = {**epoch_metrics(run, state, seconds, val, started), **(extra or {})}
     log_epoch(run, metrics)
     state.next_epoch()
     save_epoch(run, state, metrics, val)
@@ -347,6 +362,44 @@ def step_events(run: Run, state: TrainState, started: float) -> Callable[[TrainS
     return on_step
 
 
+def solve_epoch(run: Run, state: TrainState, stop: StopSignal, on_step: Callable[[TrainState], None]) -> dict | None:
+    """The epoch of --optimizer lbfgs (probe.py): the output layer solved on the training photos'
+    features, its L2 strength chosen by cross-validation on them. Each fit is a step: on_step
+    after it, with the loss and accuracy of the fits so far on their own training photos; the last
+    step, the refit, leaves the model's loss and accuracy on all of them (the epoch's train_loss
+    and train_accuracy, as any epoch's). Returns what the epoch record adds (the strength, as
+    scikit-learn's C, and its out-of-fold loss and accuracy), or None when a stop was asked for.
+    The solve is deterministic, so a stopped one starts again from its first fit on --resume and
+    ends as one never stopped."""
+    trainer, (inputs, labels) = run.trainer, run.pipeline.train_inputs
+    features = inputs.float().flatten(1)
+    state.step, state.running = 0, Running()
+
+    def on_fit(loss_sum: float, correct: int, seen: int) -> bool:
+        state.running.add(loss_sum, correct, seen)
+        state.step += 1
+        on_step(state)
+        return not distributed.any_rank(stop.requested)
+
+    views = run.config.views if run.config.augment else 1  # feature_pipeline's views of each photo, in a row
+    weights = None if trainer.class_weights is None else trainer.class_weights.cpu()  # the features are on the CPU
+    solved = cross_validated_probe(features, labels, len(run.classes), views, run.config.seed, weights,
+                                   run.config.label_smoothing, on_fit)
+    if solved is None:
+        return None
+    probe, chosen = solved
+    head = trainer.model.get_classifier()
+    with torch.no_grad():
+        for parameter, value in zip((head.weight, head.bias), probe.folded()):
+            parameter.copy_(value)
+    if trainer.ema:
+        trainer.ema.update_parameters(trainer.model)  # its first update copies the weights
+    state.running, state.step = Running(), run.plan.steps_per_epoch
+    state.running.add(*tally(probe.logits(features), labels))
+    on_step(state)
+    return {"l2_c": chosen["strength"], "cv_loss": chosen["loss"], "cv_accuracy": chosen["accuracy"]}
+
+
 def fit(run: Run, state: TrainState, stop: StopSignal, started: float) -> dict:
     """The epochs, from where `state` is to the last planned one; returns the last epoch's metrics.
     Tiny steps (a linear probe) run on one thread: on a busy CPU each of their operations otherwise
@@ -363,10 +416,15 @@ def fit(run: Run, state: TrainState, stop: StopSignal, started: float) -> dict:
     with one_thread() if run.pipeline.small_steps else contextlib.nullcontext():
         while state.epoch < plan.epochs:
             epoch_started = time.perf_counter()
-            if not train_one_epoch(run.trainer, batches, state, stop, plan, session.is_main and run.out is not None,
-                                   on_step):
+            if run.config.optimizer == "lbfgs":
+                solved = solve_epoch(run, state, stop, on_step)
+                finished = solved is not None
+            else:
+                solved, finished = {}, train_one_epoch(run.trainer, batches, state, stop, plan,
+                                                       session.is_main and run.out is not None, on_step)
+            if not finished:
                 stop_here(run, state, metrics, stop.requested)
-            metrics = end_epoch(run, state, time.perf_counter() - epoch_started, started)
+            metrics = end_epoch(run, state, time.perf_counter() - epoch_started, started, solved)
             if distributed.any_rank(stop.requested) and state.epoch < plan.epochs:
                 stop_here(run, state, metrics, stop.requested)
     run.emit("end", best_epoch=state.best_epoch, best_accuracy=state.best_accuracy, epochs=plan.epochs)

@@ -46,7 +46,11 @@ def compute_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, label_s
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """Weight decay on weights, not on biases and norm layers; the output layer at --lr, the
-    other (pretrained) layers at --lr times --backbone-lr."""
+    other (pretrained) layers at --lr times --backbone-lr. lbfgs: the solver (probe.py) fits the
+    output layer in its own float64 copy; this optimizer only holds the layer for the checkpoint's
+    training state, its learning rate 1 (L-BFGS takes full steps)."""
+    if config.optimizer == "lbfgs":
+        return torch.optim.LBFGS(model.get_classifier().parameters(), lr=1)
     head = {id(p) for p in model.get_classifier().parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if (p.ndim > 1) == decay and (id(p) in head) == in_head],
@@ -61,7 +65,10 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
 
 
 def make_schedule(config: TrainConfig, optimizer, plan: Plan):
-    """Linear warmup, then cosine decay to zero (or constant) over the planned steps, updated every step."""
+    """Linear warmup, then cosine decay to zero (or constant) over the planned steps, updated every
+    step; lbfgs: constant."""
+    if config.optimizer == "lbfgs":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     warmup = max(1, round(config.warmup_epochs * plan.steps_per_epoch))
     total = max(plan.steps, warmup + 1)
 

@@ -1,5 +1,6 @@
 """What a run derives from its settings and its data before the first step: how many epochs of
-how many steps, the training crop size of each epoch, and after which epochs val is evaluated.
+how many steps, the training crop size of each epoch, and after which epochs val is evaluated
+(a probe solved by L-BFGS: one epoch, a step per fit).
 
 The settings (config.TrainConfig) are resolved once and never change; the plan is separate
 plain data, made from them and the number of training examples, possibly shortened to fit a
@@ -12,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from classifier.config import TrainConfig
+from classifier.probe import solve_steps
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,10 @@ def make_plan(config: TrainConfig, examples: int, world_size: int = 1, epochs: i
     fewer examples than that per process): `epochs` epochs, or --epochs. A small folder's epochs
     pass over its examples several times, so that training takes at least --min-steps steps in
     the same epochs: as many evaluations, checkpoints and epoch records as a large folder's,
-    not one of each per step (a dozen photos a class: one step a pass)."""
+    not one of each per step (a dozen photos a class: one step a pass). --optimizer lbfgs: one
+    epoch, a full-batch step per fit of the solve (probe.py)."""
+    if config.optimizer == "lbfgs":
+        return Plan(1, examples, solve_steps(examples), crop_sizes(config, 1), (1,))
     batch_size = min(config.batch_size, max(1, examples // world_size))
     steps, passes = max(1, examples // (batch_size * world_size)), 1  # the last incomplete batch is dropped
     if epochs is None:

@@ -35,7 +35,7 @@ from classifier.data import CachedImageFolder, Dataset, check_usable, find_photo
 from classifier.errors import ClassifierError
 from classifier.features import uses_cached_features
 from classifier.files import check_free_space, check_writable, load_weights
-from classifier.fitting import (Run, Stopped, build_model, class_weights, feature_pipeline, fit,
+from classifier.fitting import (Run, Stopped, build_model, check_solver, class_weights, feature_pipeline, fit,
                                 freeze_all_but_classifier, image_pipeline, load_splits, make_trainer)
 from classifier.loop import StopSignal, TrainState, make_ema
 from classifier.models import list_models
@@ -157,6 +157,8 @@ def setup(config: TrainConfig, resumed: dict | None, session: distributed.Sessio
                               "under torchrun use --finetune full")
     pipeline = feature_pipeline(config, model, preprocessing, crops, train_set, val_sets, session.device) if cached \
         else image_pipeline(config, trainee, preprocessing, crops, train_set, val_sets, session)
+    if config.optimizer == "lbfgs":
+        check_solver(config, pipeline)
     plan = planned(config, len(pipeline.train_inputs[1]), resumed, session.world_size)
     weights = class_weights(train_set.targets, len(dataset.classes), config.balance)
     trainer = make_trainer(config, plan, model, pipeline, ema, session, weights)

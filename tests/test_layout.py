@@ -19,7 +19,7 @@ LAYERS = [
     {"errors", "recipes", "files", "registry", "progress", "runtime", "cli"},
     {"models", "backbones", "images", "augment", "calibration", "neither", "distributed", "downloads", "plots", "pages",
      "layers", "pictures"},
-    {"data", "tta", "features", "checkpoint", "config", "plan", "thumbnails"},
+    {"data", "tta", "features", "checkpoint", "config", "plan", "thumbnails", "probe"},
     {"loop", "inference", "runs", "gradcam", "fitting", "crossval", "budget", "scan", "checks", "web", "projects",
      "jobs", "inside"},
     {"train", "predict", "report", "explain", "export", "serve", "audit", "workspace", "studio_photos",
