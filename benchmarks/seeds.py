@@ -12,7 +12,8 @@ Which photos no setting was chosen on depends on the recipe, so --split does too
 - from scratch, --split held_out (its default): held_out.py's split, every other photo of train/
   held out, training on the rest and val/. The recipe's settings were first chosen on val/; a later
   re-check on splits of train/ alone (crop scale, cutmix, resolution, weight decay, label smoothing)
-  kept every one of them, so no setting was chosen on the held-out photos.
+  kept every one of them (RESULTS.md, "From-scratch recipe: the re-check on splits of train/
+  alone"), so no setting was chosen on the held-out photos.
 - pretrained, --split val (its default): train/ -> val/. Its settings were chosen by
   cross-validation on train/ (RESULTS.md, "Pretrained probe"), and its probe's strength is chosen
   by cross-validation on the training photos, so val/ is untouched there.
