@@ -13,9 +13,10 @@
                                                       its weights and the 9 training patches that
                                                       excite it most
 
-Opened checkpoints and recent looks are kept in memory (a few of each); after a look, every
-channel's strongest responses over the training photos are found in the background, so the
-first click on a channel is quick too.
+Opened checkpoints and recent looks are kept in memory (a few of each). Every channel's strongest
+responses over the training photos (what the top patches need: one pass, then cached on disk) are
+found in the background when a studio training run finishes, and after a look at a run not
+prepared so, so that the first click on a channel is quick too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from classifier.errors import ClassifierError
 from classifier.inside import Inside, Look
+from classifier.jobs import Job
 from classifier.learn_view import number, numbers
 from classifier.pictures import data_url, map_images, png_url, weight_images
 from classifier.projects import Project
@@ -87,8 +89,14 @@ class Insides:
             self.looks[name] = (inside, look)
             while len(self.looks) > LOOKS:
                 self.looks.popitem(last=False)
-        self.background.submit(inside.maxima)  # so that the first click on a channel is quick
+        self.background.submit(inside.maxima)  # so that the first click on a channel is quick (if not prepared)
         return name
+
+    def prepare(self, checkpoint: Path, photos: Path) -> None:
+        """In the background: every channel's strongest responses over the training photos (the
+        top patches' one pass, then cached on disk), so that the first click on a channel is
+        quick. Nothing is raised here: a failure is left to the click, which reports it."""
+        self.background.submit(lambda: self.open(checkpoint, photos).maxima())
 
     def look(self, name: str) -> tuple[Inside, Look]:
         with self.lock:
@@ -168,6 +176,13 @@ def channel_json(inside: Inside, layer: int, channel: int, photos: Path) -> dict
 
 
 INSIDES = Insides()
+
+
+def prepare_trained_run(job: Job) -> None:
+    """A studio training job finished (jobs.Jobs.when_finished): its best.pt's top patches are
+    prepared now, not at the first click on a channel."""
+    if job.kind == "train" and (Path(job.folder) / "best.pt").is_file():
+        INSIDES.prepare(Path(job.folder) / "best.pt", Path(job.folder).parents[1] / "photos")
 inside = APIRouter(prefix="/api/projects/{project_id}/inside", dependencies=[Depends(changes_state)])
 
 

@@ -31,6 +31,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import classifier
 from classifier.errors import ClassifierError
@@ -184,6 +185,7 @@ class Jobs:
         self.process: subprocess.Popen | None = None
         self.lock = threading.Lock()
         self.warm = {module: Warm(module) for module in warm}
+        self.when_finished: list[Callable[[Job], None]] = []  # told of each job that finished well (quick calls)
 
     def running(self) -> Job | None:
         with self.lock:
@@ -244,6 +246,9 @@ class Jobs:
         job.save()
         if job is self.current:
             self.process = None
+        if job.state == "finished":
+            for call in self.when_finished:
+                call(job)
 
     def stop(self, wait: float = 0) -> Job:
         """SIGTERM to the running job: training saves last.pt and exits. ClassifierError if none runs."""

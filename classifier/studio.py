@@ -56,7 +56,7 @@ from starlette.concurrency import run_in_threadpool
 
 from classifier import web
 from classifier.cli import run_command
-from classifier.inside_view import INSIDE
+from classifier.inside_view import INSIDE, prepare_trained_run
 from classifier.learn_view import LEARN
 from classifier.studio_photos import AUDIT, PHOTOS, PROJECTS
 from classifier.studio_runs import EVALUATE, EXPORT, RECIPES_AREA, RUNS, TRY
@@ -98,6 +98,8 @@ def create_app(workspace: Workspace, max_upload_mb: float = 64, token: str | Non
     app = web.create_app([page_area(areas), *areas], "studio", max_upload_mb, token, guard=True,
                          require_token=require_token, lifespan=lifespan)
     app.state.workspace = workspace
+    if prepare_trained_run not in workspace.jobs.when_finished:
+        workspace.jobs.when_finished.append(prepare_trained_run)  # the Inside tab's top patches, ready early
     return app
 
 

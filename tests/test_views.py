@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from classifier.inside import Inside
+from classifier.inside_view import INSIDES
 from classifier.learn import Learner, LearnSettings
 from classifier.projects import Project
 from test_studio import client_for, no_job, wait_for
@@ -76,6 +77,11 @@ def test_train_hands_the_run_to_the_studios_training_job(studio):
     epochs = [line for line in (studio.folder / "runs" / "learn-1" / "metrics.jsonl").read_text().splitlines()]
     assert len(epochs) == 2  # the settings' two passes, the first of them begun on the Learn tab
     assert studio.get(f"{API}/learn").json() == {"started": False}
+    # the finished job's top patches were prepared in the background: on disk before any look or click
+    INSIDES.background.submit(lambda: None).result(timeout=120)
+    inside = Inside.open(studio.folder / "runs" / "learn-1" / "best.pt", studio.folder / "photos")
+    cached = inside.maxima_file(inside.training_photos())
+    assert cached.is_file() and inside.find_maxima().values[0].shape[0] == len(inside.training_photos())
 
 
 def test_left_out_photos_are_left_out_as_in_training(studio):
