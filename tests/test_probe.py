@@ -15,6 +15,7 @@ from classifier.errors import ClassifierError
 from classifier.fitting import build_model, feature_pipeline, load_splits
 from classifier.inference import Classifier
 from classifier.plan import make_plan
+from classifier.runtime import resolve_precision
 from classifier.recipes import SOLVER
 from conftest import train_args, train_main
 from test_pretrained import pretrained_args
@@ -108,9 +109,9 @@ def test_the_solver_refuses_what_it_cannot_do(tiny_real, tmp_path, capsys, flags
     assert message in capsys.readouterr().err
 
 
-def solver_args(data, out, cache) -> list[str]:
+def solver_args(data, out, cache, precision: str = "fp32") -> list[str]:
     return [str(a) for a in ("--data", data, "--out", out, "--cache-dir", cache, "--model", "efficientnet_lite0",
-                             "--pretrained", "--image-size", 32, "--precision", "fp32", "--device", "cpu",
+                             "--pretrained", "--image-size", 32, "--precision", precision, "--device", "cpu",
                              "--folds", 0)]
 
 
@@ -139,8 +140,9 @@ def test_the_saved_model_predicts_as_the_solver(tiny_real, tmp_path):
         assert [answer["probabilities"][c] for c in best["classes"]] == pytest.approx(expected.tolist(), abs=2e-3)
 
 
-def test_a_stopped_solve_resumes_to_the_same_model(tiny_real, tmp_path, monkeypatch):
-    args = lambda out: solver_args(tiny_real, out, tmp_path / "cache")
+@pytest.mark.parametrize("precision", ["fp32", "auto"])  # auto: bf16 features where the CPU has native bf16
+def test_a_stopped_solve_resumes_to_the_same_model(tiny_real, tmp_path, monkeypatch, precision):
+    args = lambda out: solver_args(tiny_real, out, tmp_path / "cache", precision)
     assert train_main(args(tmp_path / "whole")) == 0
     with monkeypatch.context() as patch:
         _interrupt_on(patch, probe, "solve", 20)
@@ -151,6 +153,7 @@ def test_a_stopped_solve_resumes_to_the_same_model(tiny_real, tmp_path, monkeypa
     assert stopped["training_state"]["epoch"] == 0 and 0 < stopped["training_state"]["step"] < min(20, steps)
     assert train_main(["--resume", str(tmp_path / "split" / "last.pt")]) == 0
     whole, split = (load_checkpoint(tmp_path / r / "best.pt") for r in ("whole", "split"))
+    assert whole["config"]["precision"] == resolve_precision(precision, torch.device("cpu"))
     for key, tensor in whole["state_dict"].items():
         assert torch.equal(split["state_dict"][key], tensor), key
     events = [json.loads(line) for line in (tmp_path / "split" / "events.jsonl").read_text().splitlines()]
