@@ -128,8 +128,8 @@ class TrainConfig:
         from the recipe (with --init, that of the checkpoint's model, pretrained if it was, and
         the checkpoint's image sizes; from scratch, the larger recipe where the run computes in
         bf16 natively; with --epochs, --time-budget or more than the probe to train, a recipe's
-        solver becomes epochs of gradient descent); the
-        test-time sizes as --help says. Resolving twice changes nothing."""
+        solver becomes epochs of gradient descent); the test-time sizes as --help says. Resolving
+        twice changes nothing."""
         name, pretrained, kept = self.model, self.pretrained or bool(self.weights), {}
         if self.init:
             checkpoint = load_checkpoint(self.init)

@@ -183,6 +183,8 @@ def prepare_trained_run(job: Job) -> None:
     prepared now, not at the first click on a channel."""
     if job.kind == "train" and (Path(job.folder) / "best.pt").is_file():
         INSIDES.prepare(Path(job.folder) / "best.pt", Path(job.folder).parents[1] / "photos")
+
+
 inside = APIRouter(prefix="/api/projects/{project_id}/inside", dependencies=[Depends(changes_state)])
 
 
