@@ -116,7 +116,9 @@ class TrainConfig:
     report: bool = option(False, "at the end, write OUT/report/report.html: curves, confusion matrix, calibration, mistakes (needs matplotlib)")
     init: str = option("", "start from this checkpoint's weights (fine-tuning; new classes get a new output layer)")
     freeze: bool = option(False, "train only the output layer (with --init or --pretrained)")
-    resume: str = option("", "continue an interrupted run from its last.pt")
+    resume: str = option("", "continue an interrupted run from its last.pt, with the run's own settings; a run "
+                         "folder moved with its photos finds them; --data and --out, when given, say where its "
+                         "photos and its folder are now")
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":

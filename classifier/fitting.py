@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from classifier import distributed
 from classifier.augment import Augmentation, augment, mix
 from classifier.calibration import calibrate
-from classifier.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from classifier.checkpoint import load_checkpoint, model_from_checkpoint, relative_paths, save_checkpoint
 from classifier.config import TrainConfig
 from classifier.data import Batches, CachedImageFolder, Dataset
 from classifier.errors import ClassifierError
@@ -247,8 +247,9 @@ def save(run: Run, state: TrainState, name: str, metrics: dict, with_state: bool
     if not run.session.is_main or run.out is None:
         return
     trainer = run.trainer
-    extra = {"epoch": state.epoch, "metrics": metrics, "config": asdict(run.config), "plan": run.plan.to_dict(),
-             **run.calibrated}
+    settings = asdict(run.config)
+    extra = {"epoch": state.epoch, "metrics": metrics, "config": settings, "relative_paths": relative_paths(settings),
+             "plan": run.plan.to_dict(), **run.calibrated}
     if run.cross_validation:
         extra["cross_validation"] = run.cross_validation
     if run.label_check:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from classifier.checkpoint import load_checkpoint
+from classifier.checkpoint import load_checkpoint, relocated
 from classifier.data import find_photos
 from classifier.errors import ClassifierError
 from classifier.files import atomic_save
@@ -107,7 +107,7 @@ class Inside:
         classifier = Classifier.load(checkpoint, device, precision="fp32", fuse=False)
         if not isinstance(classifier.model, nn.Module):
             raise ClassifierError(f"{checkpoint}: looking inside needs the PyTorch checkpoint (.pt), not an export")
-        config = load_checkpoint(checkpoint).get("config") or {}
+        config = relocated(load_checkpoint(checkpoint), checkpoint)
         return cls(classifier, Path(checkpoint), str(photos or config.get("data") or "") or None, config, cache_dir)
 
     @property

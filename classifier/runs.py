@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from classifier.checkpoint import load_checkpoint
+from classifier.checkpoint import load_checkpoint, relocated
 from classifier.data import find_photos
 from classifier.errors import ClassifierError
 from classifier.images import DecodedImages, Preprocessing
@@ -99,9 +99,10 @@ def write_predictions(run_dir: str | Path, val_sizes: list[DecodedImages], tta: 
 
 def predict_validation(run_dir: str | Path) -> Path:
     """Write val_predictions.jsonl for a run that has best.pt but none (an older or stopped run):
-    the validation images are found again from the data settings best.pt records."""
+    the validation images are found again from the data settings best.pt records (where they
+    are now, for a run folder moved with its photos: checkpoint.relocated)."""
     checkpoint = load_checkpoint(Path(run_dir) / "best.pt")
-    config = checkpoint["config"]
+    config = relocated(checkpoint, Path(run_dir) / "best.pt")
     dataset, _ = find_photos(config["data"], config["val_fraction"], config["seed"], config.get("exclude", ""))
     if dataset.classes != checkpoint["classes"]:
         raise ClassifierError(f"{config['data']} now has classes {dataset.classes}, but "
