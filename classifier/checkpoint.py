@@ -13,15 +13,14 @@ A checkpoint is a dict of plain data and tensors:
   saved_at       when the file was written (UTC, ISO 8601)
   epoch, metrics the epoch just finished and its metrics
   config         the training configuration (TrainConfig as a dict)
-  relative_paths its data and exclude settings relative to its out folder (relative_paths), so that
-                 a run folder moved or copied along with its photos finds them (relocated)
+  relative_paths its data and exclude settings relative to its out folder, so that a run folder
+                 moved or copied with its photos finds them (runs.relocated)
   training_state optimizer, scheduler, RNG and best-so-far (last.pt only; enough to resume)
 """
 
 from __future__ import annotations
 
 import datetime
-import os
 import zipfile
 from pathlib import Path
 
@@ -33,7 +32,6 @@ from classifier.files import atomic_save, load_weights
 from classifier.models import create_model
 
 CHECKPOINT_FORMAT = "catsdogs-classifier/1"
-MOVABLE = ("data", "exclude")  # the settings that name files a run's folder may be moved along with
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, classes: list[str], preprocessing: dict,
@@ -131,22 +129,3 @@ def model_from_checkpoint(checkpoint: dict, path: str | Path = "checkpoint") -> 
         raise ClassifierError(f"{path}: {error}") from None
     load_weights(model, checkpoint["state_dict"], path)
     return model
-
-
-def relative_paths(settings: dict) -> dict:
-    """A run's MOVABLE settings relative to its output folder (what the checkpoint keeps as
-    "relative_paths"; for older checkpoints, what their settings imply)."""
-    return {name: os.path.relpath(settings[name], settings["out"]) for name in MOVABLE if settings.get(name)}
-
-
-def relocated(checkpoint: dict, path: str | Path) -> dict:
-    """The settings of the run whose checkpoint is at `path`, with its folders as they are now. A
-    run folder moved or copied elsewhere (the checkpoint is no longer in `out`) goes on where the
-    checkpoint is, and takes each MOVABLE file from the same place relative to it when it is there
-    (a project copied whole), else from where it was."""
-    settings, folder = dict(checkpoint.get("config") or {}), Path(path).parent
-    if not settings.get("out") or Path(settings["out"]).resolve() == folder.resolve():
-        return settings
-    relative = checkpoint.get("relative_paths") or relative_paths(settings)
-    moved = {name: os.path.normpath(folder / place) for name, place in relative.items() if (folder / place).exists()}
-    return {**settings, "out": str(folder), **moved}

@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from classifier import distributed
 from classifier.augment import Augmentation, augment, mix
 from classifier.calibration import calibrate
-from classifier.checkpoint import load_checkpoint, model_from_checkpoint, relative_paths, save_checkpoint
+from classifier.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from classifier.config import TrainConfig
 from classifier.data import Batches, CachedImageFolder, Dataset
 from classifier.errors import ClassifierError
@@ -40,7 +40,7 @@ from classifier.models import create_model, model_arguments, model_entry
 from classifier.neither import NeitherRule, training_bank
 from classifier.plan import Plan
 from classifier.probe import cross_validated_probe, tally
-from classifier.runs import append_metrics
+from classifier.runs import append_metrics, relative_paths
 from classifier.runtime import grad_scaler, memory_format, one_thread
 from classifier.tta import average, decodings, model_outputs
 

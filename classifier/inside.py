@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from classifier.checkpoint import load_checkpoint, relocated
+from classifier.checkpoint import load_checkpoint
 from classifier.data import find_photos
 from classifier.errors import ClassifierError
 from classifier.files import atomic_save
@@ -33,6 +33,7 @@ from classifier.images import DecodedImages, Source, cache_key, decode_images, d
 from classifier.inference import Classifier
 from classifier.layers import Layer, trace_layers
 from classifier.progress import progress
+from classifier.runs import relocated
 from classifier.runtime import one_thread
 
 TOP = 9  # patches shown per channel

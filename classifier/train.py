@@ -27,7 +27,7 @@ import torch
 from classifier import budget, distributed, downloads, recipes
 from classifier.checks import confident_learning, out_of_fold_probabilities
 from classifier.augment import Augmentation
-from classifier.checkpoint import load_checkpoint, relocated
+from classifier.checkpoint import load_checkpoint
 from classifier.cli import add_config_flags, given_flags, run_command
 from classifier.config import TrainConfig
 from classifier.crossval import AUTO_FOLDS, SMALL_VAL, cross_validate
@@ -42,7 +42,7 @@ from classifier.models import list_models
 from classifier.plan import Plan, make_plan
 from classifier.plots import require_matplotlib
 from classifier.report import build_report
-from classifier.runs import EventLog, write_predictions
+from classifier.runs import EventLog, carry_over, relocated, write_predictions
 from classifier.runtime import compile_model, memory_format
 
 
@@ -61,7 +61,7 @@ RESUME_FLAGS = frozenset({"data", "out"})  # what a resumed run takes from its c
 
 def restore(config: TrainConfig, given: frozenset[str] = frozenset()) -> tuple[TrainConfig, dict | None]:
     """With --resume, the settings and the checkpoint of the interrupted run: its own settings,
-    its folders as they are now (checkpoint.relocated: a moved or copied run finds its photos),
+    its folders as they are now (runs.relocated: a moved or copied run finds its photos),
     and the RESUME_FLAGS among `given` (the settings the command line names)."""
     if not config.resume:
         return config, None
@@ -150,6 +150,8 @@ def setup(config: TrainConfig, resumed: dict | None, session: distributed.Sessio
     out = Path(config.out)
     if session.is_main:
         check_writable(out)
+        if resumed:
+            carry_over(relocated(resumed, config.resume)["out"], out)
     if config.report:
         require_matplotlib()  # fail before training, not after it
     dataset, left_out = find_photos(config.data, config.val_fraction, config.seed, config.exclude)
