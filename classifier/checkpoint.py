@@ -13,6 +13,8 @@ A checkpoint is a dict of plain data and tensors:
   saved_at       when the file was written (UTC, ISO 8601)
   epoch, metrics the epoch just finished and its metrics
   config         the training configuration (TrainConfig as a dict)
+  relative_paths its data and exclude settings relative to its out folder, so that a run folder
+                 moved or copied with its photos finds them (runs.relocated)
   training_state optimizer, scheduler, RNG and best-so-far (last.pt only; enough to resume)
 """
 

@@ -48,6 +48,14 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class, recipe: dict
                                 choices=f.metadata.get("choices"), help=help_text)
 
 
+def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> frozenset[str]:
+    """The names of the settings argv gives (argparse fills in the others' defaults)."""
+    unset = object()
+    names = vars(parser.parse_args(argv))
+    marked = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(names, unset)))
+    return frozenset(name for name, value in vars(marked).items() if value is not unset)
+
+
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where to compute (default: %(default)s)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,

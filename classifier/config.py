@@ -38,7 +38,8 @@ class TrainConfig:
     data: str = option(default_data_dir(), "image folder (train/ and val/, class folders, or cat.1.jpg files)")
     val_fraction: float = option(0.2, "share of each class held out for validation when DIR has no val/")
     exclude: str = option("", "leave these photos out: an audit's findings.jsonl, a text file of paths, or "
-                          "comma-separated paths ('' for none)")
+                          "comma-separated paths ('' for none); a relative path names the photo in --data when "
+                          "it is there, else in the working folder")
     image_size: int = recipe_option("images are resized to this many pixels square")
     size_from: int = recipe_option("progressive resizing: the training crops start at this size and grow to "
                                    "--image-size over the first --size-ramp of the epochs (0: off)")
@@ -116,7 +117,9 @@ class TrainConfig:
     report: bool = option(False, "at the end, write OUT/report/report.html: curves, confusion matrix, calibration, mistakes (needs matplotlib)")
     init: str = option("", "start from this checkpoint's weights (fine-tuning; new classes get a new output layer)")
     freeze: bool = option(False, "train only the output layer (with --init or --pretrained)")
-    resume: str = option("", "continue an interrupted run from its last.pt")
+    resume: str = option("", "continue an interrupted run from its last.pt, with the run's own settings; a run "
+                         "folder moved with its photos finds them; --data and --out, when given, say where its "
+                         "photos and its folder are now")
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":

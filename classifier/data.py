@@ -156,7 +156,7 @@ def find_photos(root: str | Path, val_fraction: float, seed: int, exclude: str =
     how many it left out."""
     if not exclude:
         return find_dataset(root, val_fraction, seed), 0
-    dataset = find_dataset(root, val_fraction, seed, frozenset(excluded_paths(exclude)))
+    dataset = find_dataset(root, val_fraction, seed, frozenset(excluded_paths(exclude, root)))
     everything = find_dataset(root, val_fraction, seed)
     return dataset, len(everything.train) + len(everything.val) - len(dataset.train) - len(dataset.val)
 
@@ -186,18 +186,24 @@ def normalized_path(path: str | os.PathLike) -> str:
     return os.path.abspath(os.path.normpath(os.fspath(path)))
 
 
-def excluded_paths(spec: str) -> set[str]:
+def excluded_paths(spec: str, root: str | Path = "") -> set[str]:
     """The photos `train.py --exclude SPEC` leaves out, as normalized_path()s. SPEC is an audit's
     findings.jsonl (every finding about a photo: delete the lines you disagree with first), a text
-    file of paths (one a line, # comments), or comma-separated paths. Folder-level findings
+    file of paths (one a line, # comments), or comma-separated paths. A relative path is taken in
+    the data folder `root` when a file is there (the studio lists a project's photos as ./CLASS/FILE,
+    so that the list moves with them), else in the working folder. Folder-level findings
     (imbalance, small_class) name a class, not a photo, and are not excluded."""
+    def listed(path: str) -> str:
+        in_root = os.path.join(root, path)
+        return normalized_path(in_root if os.path.isfile(in_root) else path)
+
     if not os.path.isfile(spec) or spec.lower().endswith(IMAGE_EXTENSIONS):
         if spec.lower().endswith((".jsonl", ".json", ".txt")) and "," not in spec:
             raise ClassifierError(f"--exclude {spec}: no such file")
-        return {normalized_path(p.strip()) for p in spec.split(",") if p.strip()}
+        return {listed(p.strip()) for p in spec.split(",") if p.strip()}
     lines = Path(spec).read_text(errors="replace").splitlines()
     if not any(line.lstrip().startswith("{") for line in lines):
-        return {normalized_path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")}
+        return {listed(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")}
     paths = set()
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -208,7 +214,7 @@ def excluded_paths(spec: str) -> set[str]:
         except (ValueError, KeyError, TypeError):
             raise ClassifierError(f"{spec}, line {number}: not a finding (a JSON object with a \"path\")") from None
         if kind not in FOLDER_KINDS:
-            paths.add(normalized_path(path))
+            paths.add(listed(path))
     return paths
 
 

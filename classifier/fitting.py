@@ -40,7 +40,7 @@ from classifier.models import create_model, model_arguments, model_entry
 from classifier.neither import NeitherRule, training_bank
 from classifier.plan import Plan
 from classifier.probe import cross_validated_probe, tally
-from classifier.runs import append_metrics
+from classifier.runs import append_metrics, relative_paths
 from classifier.runtime import grad_scaler, memory_format, one_thread
 from classifier.tta import average, decodings, model_outputs
 
@@ -247,8 +247,9 @@ def save(run: Run, state: TrainState, name: str, metrics: dict, with_state: bool
     if not run.session.is_main or run.out is None:
         return
     trainer = run.trainer
-    extra = {"epoch": state.epoch, "metrics": metrics, "config": asdict(run.config), "plan": run.plan.to_dict(),
-             **run.calibrated}
+    settings = asdict(run.config)
+    extra = {"epoch": state.epoch, "metrics": metrics, "config": settings, "relative_paths": relative_paths(settings),
+             "plan": run.plan.to_dict(), **run.calibrated}
     if run.cross_validation:
         extra["cross_validation"] = run.cross_validation
     if run.label_check:

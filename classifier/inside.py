@@ -33,6 +33,7 @@ from classifier.images import DecodedImages, Source, cache_key, decode_images, d
 from classifier.inference import Classifier
 from classifier.layers import Layer, trace_layers
 from classifier.progress import progress
+from classifier.runs import relocated
 from classifier.runtime import one_thread
 
 TOP = 9  # patches shown per channel
@@ -107,7 +108,7 @@ class Inside:
         classifier = Classifier.load(checkpoint, device, precision="fp32", fuse=False)
         if not isinstance(classifier.model, nn.Module):
             raise ClassifierError(f"{checkpoint}: looking inside needs the PyTorch checkpoint (.pt), not an export")
-        config = load_checkpoint(checkpoint).get("config") or {}
+        config = relocated(load_checkpoint(checkpoint), checkpoint)
         return cls(classifier, Path(checkpoint), str(photos or config.get("data") or "") or None, config, cache_dir)
 
     @property

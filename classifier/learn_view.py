@@ -114,12 +114,8 @@ class Learners:
         run = f"learn-{number}"
         folder = project.run_folder(run, exists=False)
         folder.mkdir(parents=True)
-        excluded = project.excluded_paths()
-        if excluded:  # as the Train tab's runs leave them out (studio_runs.train_command)
-            (folder / "excluded.txt").write_text("".join(f"{path}\n" for path in excluded))
-        try:
-            learner = Learner.start(project.set_folder(), folder, settings,
-                                    str(folder / "excluded.txt") if excluded else "")
+        try:  # leaving the excluded photos out, as the Train tab's runs do
+            learner = Learner.start(project.set_folder(), folder, settings, project.exclusion_file(folder))
         except ClassifierError:
             shutil.rmtree(folder)
             raise

@@ -1,7 +1,7 @@
 """A studio project: one folder on disk, which the command line reads and writes too.
 
     ROOT/ID/
-      project.json     {"format", "name" (as shown; rename changes it), "created", "excluded"}
+      project.json     {"format", "name" (as shown; rename changes it), "created", "excluded": [CLASS/FILE]}
       photos/CLASS/    the photos, a folder a class:  train.py --data ROOT/ID/photos
       test/CLASS/      photos to evaluate trained models on, never trained on (optional)
       runs/RUN/        train.py --out ROOT/ID/runs/RUN, as it leaves it, and job.json (studio's)
@@ -11,7 +11,8 @@
       .thumbnails/     small JPEGs the pages show (thumbnails.py; made again when deleted)
 
 A project is its folder: a server restart, the command line and a copy of the folder on another
-machine all see the same photos, runs and findings (paths inside are kept relative to it).
+machine all see the same photos, runs and findings (paths inside are kept relative to it), and a
+run stopped there resumes there (train.py --resume finds its photos and exclusions beside it).
 
 Every name a client sends is checked: a class, run or file name is one path component
 (`safe_name`: no separator, no "..", no leading dot, no control character) and a photo is
@@ -192,7 +193,7 @@ class Project:
         settings = self.settings
         return {"id": self.id, "name": settings.get("name", self.id), "created": settings.get("created"),
                 "classes": self.classes(), "test_classes": self.classes("test"),
-                "excluded": len(settings.get("excluded", [])), "runs": self.run_names()}
+                "excluded": len(self.excluded()), "runs": self.run_names()}
 
     # ----------------------------------------------------------------- classes and photos
 
@@ -238,7 +239,7 @@ class Project:
         if not folder.is_dir() or not inside(folder, self.set_folder(photo_set)):
             raise Missing(f"no class {name!r} in this project")
         paths = walk_images(folder)
-        excluded = set(self.settings.get("excluded", [])) if photo_set == "photos" else set()
+        excluded = set(self.excluded()) if photo_set == "photos" else set()
         page = [self.relative(p, photo_set) for p in paths[max(offset, 0):max(offset, 0) + max(min(limit, 500), 1)]]
         return {"total": len(paths), "offset": offset,
                 "photos": [{"path": p, "name": p.split("/")[-1], "excluded": p in excluded} for p in page]}
@@ -316,16 +317,26 @@ class Project:
                 self.photo_path(relative)
         with _lock:
             settings = self.settings
-            now_excluded = set(settings.get("excluded", []))
+            now_excluded = set(self.excluded())
             now_excluded = now_excluded | set(relatives) if excluded else now_excluded - set(relatives)
             settings["excluded"] = sorted(now_excluded)
             write_json(self.folder / PROJECT_FILE, settings)
         return settings["excluded"]
 
-    def excluded_paths(self) -> list[str]:
-        """The excluded photos that still exist, as absolute paths (what train.py --exclude reads)."""
-        folder = self.set_folder("photos")
-        return [os.path.abspath(folder / r) for r in self.settings.get("excluded", []) if (folder / r).is_file()]
+    def excluded(self) -> list[str]:
+        """The photos left out of training, as CLASS/FILE (an absolute path into photos/, as an older
+        project.json may hold, is read as that photo)."""
+        return [relative_photo(entry, self.set_folder()) for entry in self.settings.get("excluded", [])]
+
+    def exclusion_file(self, run: Path) -> str:
+        """The excluded photos that still exist, written to RUN/excluded.txt as ./CLASS/FILE (no line
+        a # comment): what train.py --exclude takes in --data, wherever the project is
+        (data.excluded_paths). Its path, or "" when no photo is left out."""
+        names = [name for name in self.excluded() if (self.set_folder() / name).is_file()]
+        if not names:
+            return ""
+        (run / "excluded.txt").write_text("".join(f"./{name}\n" for name in names))
+        return str(run / "excluded.txt")
 
     def move(self, relative: str, to_class: str, reason: str = "") -> dict:
         """Move a photo to another class's folder; logged in moves.jsonl so that it can be undone."""
@@ -365,7 +376,7 @@ class Project:
         return {**move, "undone": True, "back_to": self.relative(target)}
 
     def rename_excluded(self, old: str, new: str) -> None:
-        if old in self.settings.get("excluded", []):
+        if old in self.excluded():
             self.set_excluded([old], False)
             self.set_excluded([new], True)
 
@@ -387,6 +398,12 @@ class Project:
         while f"run-{number}" in taken:
             number += 1
         return f"run-{number}"
+
+
+def relative_photo(path: str, folder: Path) -> str:
+    """An absolute path inside folder as a photo of it, CLASS/FILE; anything else as it is."""
+    normal = Path(os.path.normpath(path))
+    return normal.relative_to(folder).as_posix() if normal.is_absolute() and normal.is_relative_to(folder) else path
 
 
 def trainable(name: str, image_format: str | None) -> bool:

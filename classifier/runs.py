@@ -7,12 +7,16 @@
   events.jsonl            one line per event of the run as it happens (fitting.Run.emit): start,
                           plan, step (at most twice a second), epoch, end, stopped, error; what a
                           page or a program follows while the run goes on
+
+A run folder may move, or be copied to another machine, with its photos (a studio project): its
+checkpoints keep its photos and exclusion list relative to it too, and `relocated` finds them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,6 +33,40 @@ from classifier.tta import decode_sizes
 METRICS_FILE = "metrics.jsonl"
 PREDICTIONS_FILE = "val_predictions.jsonl"
 EVENTS_FILE = "events.jsonl"
+MOVABLE = ("data", "exclude")  # the settings that name files a run folder may move along with
+
+
+def relative_paths(settings: dict) -> dict:
+    """A run's MOVABLE settings relative to its output folder (what its checkpoints keep as
+    "relative_paths"; for older checkpoints, what their settings imply). A value that names no
+    file, such as torchvision:NAME, gives a place that is never there, so relocated keeps it."""
+    return {name: os.path.relpath(settings[name], settings["out"]) for name in MOVABLE if settings.get(name)}
+
+
+def relocated(checkpoint: dict, path: str | Path) -> dict:
+    """The settings of the run whose checkpoint is at `path`, with its folders as they are now. A
+    run folder moved or copied elsewhere (the checkpoint's folder is not `out` but holds the run's
+    metrics, or `out` is gone) goes on where the checkpoint is, and takes each MOVABLE file from
+    the same place relative to it when it is there (a project copied whole), else from where it was."""
+    settings, folder = dict(checkpoint.get("config") or {}), Path(path).parent
+    home = Path(settings.get("out") or folder)
+    if home.resolve() == folder.resolve() or (home.is_dir() and not (folder / METRICS_FILE).is_file()):
+        return settings  # at home, or a checkpoint copied out of its run folder alone
+    relative = checkpoint.get("relative_paths") or relative_paths(settings)
+    moved = {name: os.path.normpath(folder / place) for name, place in relative.items() if (folder / place).exists()}
+    return {**settings, "out": str(folder), **moved}
+
+
+def carry_over(run_dir: str | Path, out: Path) -> None:
+    """A resumed run going on in another folder (train.py --resume --out) first copies there the
+    files of its run folder that one lacks (best.pt, metrics.jsonl, events.jsonl ...); none is
+    written over."""
+    run_dir = Path(run_dir)
+    if run_dir.resolve() == out.resolve() or not run_dir.is_dir():
+        return
+    for file in run_dir.iterdir():
+        if file.is_file() and not (out / file.name).exists():
+            shutil.copy2(file, out / file.name)
 
 
 def append_metrics(run_dir: str | Path, metrics: dict) -> None:
@@ -99,9 +137,10 @@ def write_predictions(run_dir: str | Path, val_sizes: list[DecodedImages], tta: 
 
 def predict_validation(run_dir: str | Path) -> Path:
     """Write val_predictions.jsonl for a run that has best.pt but none (an older or stopped run):
-    the validation images are found again from the data settings best.pt records."""
+    the validation images are found again from the data settings best.pt records (where they
+    are now, for a run folder moved with its photos: relocated)."""
     checkpoint = load_checkpoint(Path(run_dir) / "best.pt")
-    config = checkpoint["config"]
+    config = relocated(checkpoint, Path(run_dir) / "best.pt")
     dataset, _ = find_photos(config["data"], config["val_fraction"], config["seed"], config.get("exclude", ""))
     if dataset.classes != checkpoint["classes"]:
         raise ClassifierError(f"{config['data']} now has classes {dataset.classes}, but "

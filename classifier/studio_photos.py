@@ -218,7 +218,7 @@ def project_findings(project: Project) -> list[dict]:
     if job is None or job.state != "finished" or not path.is_file():
         return []
     audited = job.command[job.command.index("classifier.audit") + 1]
-    excluded = set(project.settings.get("excluded", []))
+    excluded = set(project.excluded())
     photos = project.set_folder()
     found = []
     for line in path.read_text().splitlines():

@@ -5,7 +5,8 @@ folder `python -m classifier.train --data PROJECT/photos --out PROJECT/runs/NAME
   GET  /api/projects/ID/runs                    every run: its job's state and best val accuracy
   POST /api/projects/ID/runs {"recipe", "settings", "name"}   train (the job; 409 if one runs)
   POST /api/projects/ID/runs/RUN/stop           SIGTERM: last.pt is saved
-  POST /api/projects/ID/runs/RUN/resume         train.py --resume RUN/last.pt (exactly where it was)
+  POST /api/projects/ID/runs/RUN/resume         train.py --resume RUN/last.pt (exactly where it was; with the
+                                                project's photos and the run's folder where they are now)
   GET  /api/projects/ID/runs/RUN/events         server-sent events: the run's events from its start,
                                                 then new ones and a "status" event every PUSH_SECONDS
   GET  /api/projects/ID/runs/RUN/evaluation     curves, confusion matrix with each cell's photos,
@@ -34,11 +35,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from classifier.checkpoint import load_checkpoint
 from classifier.data import PhotoFolder
 from classifier.errors import ClassifierError
 from classifier.export import export
 from classifier.jobs import Busy, Follower, Job, job_of, python_module
-from classifier.projects import Missing, Project, safe_name
+from classifier.projects import Missing, Project, relative_photo, safe_name
 from classifier.report import summarize
 from classifier.runs import Predictions, read_metrics, read_predictions
 from classifier.serve import Service, predict_router
@@ -122,11 +124,8 @@ def train_command(project: Project, folder: Path, recipe: Recipe, settings: dict
     flags = [f for s in recipe.settings for f in s.flag(settings.get(s.name, s.value))]
     command = python_module("classifier.train", "--data", str(project.set_folder()), "--out", str(folder),
                             *recipe.flags, *flags)
-    excluded = project.excluded_paths()
-    if excluded:
-        (folder / "excluded.txt").write_text("".join(f"{path}\n" for path in excluded))
-        command += ["--exclude", str(folder / "excluded.txt")]
-    return command
+    excluded = project.exclusion_file(folder)
+    return command + (["--exclude", excluded] if excluded else [])
 
 
 def run_summary(project: Project, name: str) -> dict:
@@ -204,9 +203,22 @@ def resume(workspace: Current, project: Opened, run: str):
     state = (job_of(folder) or {}).get("state")
     if not (folder / "last.pt").is_file() or state in ("running", "finished"):
         raise ClassifierError(f"run {run!r} has nothing to resume ({state or 'no last.pt'})")
-    command = python_module("classifier.train", "--resume", str(folder / "last.pt"))
+    relist_exclusions(folder)
+    command = python_module("classifier.train", "--resume", str(folder / "last.pt"),
+                            "--data", str(project.set_folder()), "--out", str(folder))  # where they are now
     workspace.jobs.start(Job("train", project.id, run, str(folder), command))
     return run_summary(project, run)
+
+
+def relist_exclusions(folder: Path) -> None:
+    """An older run's excluded.txt names photos by absolute path: those inside the photos folder it
+    trained on are rewritten as ./CLASS/FILE, so that it leaves them out wherever the project is now."""
+    path = folder / "excluded.txt"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    if any(os.path.isabs(line) for line in lines):
+        photos = Path(load_checkpoint(folder / "last.pt")["config"]["data"])
+        relisted = [relative_photo(line, photos) for line in lines]
+        path.write_text("".join(f"{line if new == line else './' + new}\n" for line, new in zip(lines, relisted)))
 
 
 @runs.get("/{run}/events")

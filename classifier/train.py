@@ -24,11 +24,11 @@ from typing import Callable
 
 import torch
 
-from classifier import budget, distributed, recipes
+from classifier import budget, distributed, downloads, recipes
 from classifier.checks import confident_learning, out_of_fold_probabilities
 from classifier.augment import Augmentation
 from classifier.checkpoint import load_checkpoint
-from classifier.cli import add_config_flags, run_command
+from classifier.cli import add_config_flags, given_flags, run_command
 from classifier.config import TrainConfig
 from classifier.crossval import AUTO_FOLDS, SMALL_VAL, cross_validate
 from classifier.data import CachedImageFolder, Dataset, check_usable, find_photos
@@ -42,7 +42,7 @@ from classifier.models import list_models
 from classifier.plan import Plan, make_plan
 from classifier.plots import require_matplotlib
 from classifier.report import build_report
-from classifier.runs import EventLog, write_predictions
+from classifier.runs import EventLog, carry_over, relocated, write_predictions
 from classifier.runtime import compile_model, memory_format
 
 
@@ -56,14 +56,28 @@ def report_skipped(out: Path, splits: list[CachedImageFolder], session: distribu
             print(f"skipped {len(skipped)} unreadable image(s), listed in {out / 'skipped.txt'}")
 
 
-def restore(config: TrainConfig) -> tuple[TrainConfig, dict | None]:
-    """With --resume, the settings and the checkpoint of the interrupted run."""
+RESUME_FLAGS = frozenset({"data", "out"})  # what a resumed run takes from its command line: where things are now
+
+
+def restore(config: TrainConfig, given: frozenset[str] = frozenset()) -> tuple[TrainConfig, dict | None]:
+    """With --resume, the settings and the checkpoint of the interrupted run: its own settings,
+    its folders as they are now (runs.relocated: a moved or copied run finds its photos),
+    and the RESUME_FLAGS among `given` (the settings the command line names)."""
     if not config.resume:
         return config, None
     resumed = load_checkpoint(config.resume)
     if "training_state" not in resumed:
         raise ClassifierError(f"{config.resume}: holds no training state; resume from a last.pt")
-    return TrainConfig.from_dict({**resumed["config"], "resume": config.resume}), resumed
+    ignored = sorted(given - RESUME_FLAGS - {"resume"})
+    if ignored:
+        print(f"--resume keeps the run's own settings: {', '.join('--' + n.replace('_', '-') for n in ignored)} "
+              f"ignored (only --data and --out apply)")
+    settings = {**relocated(resumed, config.resume), **{name: getattr(config, name) for name in given & RESUME_FLAGS}}
+    data = settings["data"]
+    if not data.startswith(downloads.PREFIX) and not Path(data).is_dir():
+        raise ClassifierError(f"{config.resume}: its photo folder {data} is not there (moved, or on another "
+                              f"machine); pass --data DIR to say where its photos are now")
+    return TrainConfig.from_dict({**settings, "resume": config.resume}), resumed
 
 
 def resume_training(run: Run, resumed: dict) -> TrainState:
@@ -136,6 +150,8 @@ def setup(config: TrainConfig, resumed: dict | None, session: distributed.Sessio
     out = Path(config.out)
     if session.is_main:
         check_writable(out)
+        if resumed:
+            carry_over(relocated(resumed, config.resume)["out"], out)
     if config.report:
         require_matplotlib()  # fail before training, not after it
     dataset, left_out = find_photos(config.data, config.val_fraction, config.seed, config.exclude)
@@ -165,11 +181,13 @@ def setup(config: TrainConfig, resumed: dict | None, session: distributed.Sessio
     return Run(config, session, out, dataset.classes, preprocessing, trainer, pipeline, val_sets, plan, on_event)
 
 
-def train(config: TrainConfig, on_event: Callable[[dict], None] | None = None) -> dict:
+def train(config: TrainConfig, on_event: Callable[[dict], None] | None = None,
+          given: frozenset[str] = frozenset()) -> dict:
     """Run a whole training; returns the final epoch's metrics. Every event of the run goes to
-    OUT/events.jsonl and to on_event (fitting.py's Run.emit: start, plan, step, epoch, end, stopped, error)."""
+    OUT/events.jsonl and to on_event (fitting.py's Run.emit: start, plan, step, epoch, end, stopped, error).
+    given: the settings the command line names (with --resume, its --data and --out win)."""
     started = time.perf_counter()
-    config, resumed = restore(config)
+    config, resumed = restore(config, given)
     config = config.resolved()
     torch.manual_seed(config.seed)
     session = distributed.start(config.device)
@@ -270,19 +288,24 @@ def list_recipes() -> None:
         print(f"{name}  (with --pretrained: {flags})" if flags else name)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train.py", description="Train an image classifier on a folder of photos.")
     add_config_flags(parser, TrainConfig, recipes.SCRATCH)
     parser.add_argument("--list-models", action="store_true", help="print the model names and their recipes, and exit")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = vars(parse_args(argv))
+    command = parser()
+    args = vars(command.parse_args(argv))
     if args.pop("list_models"):
         list_recipes()
         return 0
-    return run_command(train, TrainConfig(**args))
+    return run_command(train, TrainConfig(**args), None, given_flags(command, argv))
 
 
 if __name__ == "__main__":
