@@ -112,7 +112,8 @@ class TrainConfig:
                             "or AMX), else fp32", choices=PRECISIONS)
     channels_last: bool = option(True, "keep images and convolution weights in NHWC order (1.3x faster training "
                                  "on this project's CPU, and on GPUs with tensor cores; same numbers)")
-    compile: bool = option(False, "torch.compile the model: slow first steps, faster after (mostly on GPUs)")
+    compile: bool = option(False, "torch.compile the model, on CUDA GPUs only: slow first steps, faster after (on a CPU it "
+                           "trains slower: refused)")
     out: str = option("checkpoints", "output folder for best.pt, last.pt and metrics.jsonl")
     report: bool = option(False, "at the end, write OUT/report/report.html: curves, confusion matrix, calibration, mistakes (needs matplotlib)")
     init: str = option("", "start from this checkpoint's weights (fine-tuning; new classes get a new output layer)")
