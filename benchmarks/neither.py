@@ -17,7 +17,9 @@
    highest catch, the lowest similarity, the most guesses, the fewest neighbours. The project's
    constants (neither.py) are compared with the choice.
 4. The rule best.pt carries (NeitherRule, as predict applies it) on val/ and the held-out part,
-   which no choice saw; and the earlier rule (top 5, the nearest photo, 0.45) for comparison.
+   which no choice saw, and on --pets (real dogs from other sources than the training photos':
+   shared/data/dogbreeds); and the earlier rule (top 5, the nearest photo, 0.45) for comparison.
+   Each rate comes with its 95% Wilson interval: what so few flagged photos can tell.
    A sample of the scores is checked against `Classifier.predict_paths`, the code predict runs.
 5. With --scratch-epochs N, a small from-scratch convnet (`train.py --epochs N`) and its energy rule
    (the threshold just below val's lowest score) on the same images.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import json
 import tempfile
 from collections import defaultdict
@@ -150,6 +153,14 @@ def share(caught: int, total: int) -> str:
     return f"{caught}/{total} ({caught / total:.1%})" if total else "-"
 
 
+def interval(count: int, total: int, z: float = 1.96) -> str:
+    """count/total with its 95% Wilson score interval."""
+    p, spread = count / total, z * z / total
+    centre = (p + spread / 2) / (1 + spread)
+    half = z * math.sqrt(p * (1 - p) / total + spread / (4 * total)) / (1 + spread)
+    return f"{count}/{total} = {p:.2%} (95% interval {max(centre - half, 0):.2%}-{centre + half:.2%})"
+
+
 def part_lines(result: dict, part: str) -> list[str]:
     """One line per kind of a part, and its sources, with the share caught."""
     lines, kinds = [], defaultdict(lambda: [0, 0])
@@ -188,6 +199,8 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/catsdogs", help="train/ and val/ of cats and dogs (default: %(default)s)")
     parser.add_argument("--neither-set", default="data/neither_extra", help="benchmarks/neither_set.py's folder (default: %(default)s)")
     parser.add_argument("--checkpoint", default="", help="use this pretrained recipe's best.pt instead of training one")
+    parser.add_argument("--pets", default="../shared/data/dogbreeds",
+                        help="a folder of real cats or dogs from other sources, every image counted (default: %(default)s)")
     parser.add_argument("--scratch-epochs", type=int, default=0, help="also a from-scratch convnet of this many epochs (0: no)")
     args = parser.parse_args()
     data, folder = Path(args.data).resolve(), Path(args.neither_set)
@@ -200,10 +213,13 @@ def main() -> None:
         photos = {split: sorted(str(p) for p in (data / split).rglob("*") if p.is_file()) for split in ("train", "val")}
         scores = {split: outputs(classifier, paths) for split, paths in photos.items()}
         extra = outputs(classifier, [str(folder / row["path"]) for row in manifest])
+        pets = outputs(classifier, sorted(str(p) for p in Path(args.pets).rglob("*") if p.is_file()))
         assert len(extra["paths"]) == len(manifest), "an image of the neither set did not decode"
         chosen, candidates = choose(scores["train"], extra, manifest)
         shipped, bank = classifier.neither, classifier.neither.bank
         now, before = (rates(rule, scores["val"], extra, manifest, bank) for rule in (shipped, EARLIER))
+        pets_flagged = [Path(p).name for p, f in zip(pets["paths"], flags(shipped, pets, shipped.similarity(
+            pets["embedding"])).tolist()) if f]
         mismatches = checked_against_predict(classifier, photos["val"][::8] + extra["paths"][::37], torch.cat(
             [flags(shipped, {"imagenet": s["imagenet"][idx]}, shipped.similarity(s["embedding"][idx]))
              for s, idx in ((scores["val"], slice(None, None, 8)), (extra, slice(None, None, 37)))]))
@@ -211,10 +227,11 @@ def main() -> None:
             part: [str(folder / r["path"]) for r in manifest if r["part"] == part] for part in ("held_out", "tune")}},
             Path(tmp)) if args.scratch_epochs else ""
     write_section("neither", f"Neither: images of neither class, and real cats and dogs ({cpu_class()})",
-                  report(shipped, chosen, candidates, now, before, wall, mismatches, scratch))
+                  report(shipped, chosen, candidates, now, before, wall, mismatches, scratch,
+                         (Path(args.pets).name, pets_flagged, len(pets["paths"]))))
 
 
-def report(shipped, chosen, candidates, now, before, wall, mismatches, scratch) -> str:
+def report(shipped, chosen, candidates, now, before, wall, mismatches, scratch, pets) -> str:
     same = all(getattr(shipped, k) == getattr(chosen, k) for k in ("top", "neighbours", "similar"))
     rule = f"top {shipped.top}, {shipped.neighbours} neighbours, similarity {shipped.similar}"
     return "\n".join([
@@ -230,6 +247,11 @@ def report(shipped, chosen, candidates, now, before, wall, mismatches, scratch) 
         f" ({', '.join(now['real']) or 'none'}); the earlier rule {share(len(before['real']), before['val_real'])}"
         f" ({', '.join(before['real']) or 'none'}). Both also answer neither for {', '.join(now['no_animal']) or 'none'}"
         f" of val/'s photos without an animal ({', '.join(sorted(NO_ANIMAL))}): right answers, not counted.", "",
+        f"With their 95% intervals, this rule: val/ {interval(len(now['real']), now['val_real'])}; real dogs of "
+        f"{pets[0]}/ (other sources than the training photos) {interval(len(pets[1]), pets[2])}"
+        f"{' (' + ', '.join(pets[1]) + ')' if pets[1] else ''}; both together "
+        f"{interval(len(now['real']) + len(pets[1]), now['val_real'] + pets[2])}. Neither set, held out: "
+        f"{interval(*(sum(v[i] for (part, *_), v in now['sources'].items() if part == 'held_out') for i in (0, 1)))}.", "",
         "**Images of neither class answered neither**, this rule:", "",
         "| part | kind | caught | per source |", "|---|---|---|---|", *part_lines(now, "held_out"), *part_lines(now, "tune"), "",
         "The earlier rule (top 5, the nearest training photo, 0.45) on the same images:", "",
