@@ -196,7 +196,7 @@ def test_the_from_scratch_recipe_follows_the_precision_the_run_computes_in():
     """bf16 computed natively affords 3-4x the compute in the same minutes (recipes.SCRATCH_BF16)."""
     fp32, bf16 = TrainConfig(precision="fp32").resolved(), TrainConfig(precision="bf16").resolved()
     assert (fp32.image_size, fp32.channels, fp32.size_from) == (80, (24, 48, 96, 192), 56)
-    assert (bf16.image_size, bf16.channels, bf16.size_from) == (112, (32, 64, 128, 256), 0)
+    assert (bf16.image_size, bf16.channels, bf16.size_from) == (112, (32, 64, 128, 256), 80)
     assert fp32.time_budget == bf16.time_budget == 14 and bf16.epochs > fp32.epochs
     assert TrainConfig(precision="bf16", image_size=64).resolved().channels == (32, 64, 128, 256)  # a flag wins alone
 
