@@ -42,6 +42,16 @@ def test_bf16_autocast_trains_on_the_cpu(tiny_real, plain, tmp_path):
     assert all(torch.isfinite(t).all() for t in load_checkpoint(out / "best.pt")["state_dict"].values())
 
 
+def test_a_bf16_run_grows_its_crops_as_the_bf16_recipe_says(tiny_real, plain, tmp_path):
+    """No --size-from: the bf16 recipe's 80 px start, up to --image-size over the first half, in bf16."""
+    out = tmp_path / "growing"
+    assert train_main(train_args(tiny_real, out, plain / "cache", "--epochs", 4, "--precision", "bf16",
+                                 "--image-size", 96)) == 0
+    saved = load_checkpoint(out / "last.pt")
+    assert saved["config"]["size_from"] == 80 and list(saved["plan"]["sizes"]) == [80, 96, 96, 96]
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
+
+
 def test_compile_on_the_cpu_is_refused_in_one_line(tiny_real, tmp_path, capsys):
     """torch.compile trains slower on CPUs and crashes PyTorch 2.14's CPU code for some widths
     (benchmarks/precision.py): --compile there is a clear error, before any training."""

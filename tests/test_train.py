@@ -250,6 +250,8 @@ def test_progressive_resizing_grows_the_crops_over_the_first_part_of_the_run():
     assert [plan.train_size(e) for e in range(10)] == [56, 56, 64, 72, 80, 80, 80, 80, 80, 80]
     assert set(make_plan(TrainConfig(epochs=10, size_from=0, precision="fp32").resolved(), 64).sizes) == {80}
     assert make_plan(TrainConfig(epochs=10, precision="fp32").resolved(), 64).train_size(0) == 56  # the recipe's
+    bf16 = make_plan(TrainConfig(epochs=10, precision="bf16").resolved(), 64)  # the bf16 recipe: 80 -> 112 px
+    assert [bf16.train_size(e) for e in range(10)] == [80, 88, 96, 104, 112, 112, 112, 112, 112, 112]
 
 
 def test_a_stride_2_stem_does_no_work_at_full_resolution():
