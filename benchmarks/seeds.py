@@ -1,7 +1,7 @@
 """A recipe over several seeds, as a user runs it: mean and spread on photos no setting was chosen on.
 
     python -m benchmarks.seeds --data ../shared/data/catsdogs
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.seeds --train-args '--time-budget 8.4'
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.seeds --train-args '--time-budget 6.0'
     python -m benchmarks.seeds --recipe pretrained
 
 Each seed is `python train.py --data DATA --seed S` plus the recipe's flags (none from scratch;
@@ -59,8 +59,9 @@ def main() -> None:
     parser.add_argument("--recipe", choices=tuple(RECIPES), default="scratch",
                         help="from scratch (train.py's default) or the pretrained recipe (default: %(default)s)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
-    parser.add_argument("--train-args", default="", help="extra flags for train.py, e.g. '--time-budget 8.4' for the "
-                        "epochs a Zen 3 plans in 14 minutes under the AVX2 emulation (default: none)")
+    parser.add_argument("--train-args", default="", help="extra flags for train.py, e.g. '--time-budget 6.0' under the "
+                        "AVX2 emulation for a Zen 3's 14 minutes: 14 x the Zen 3 / here ratio of benchmarks.emulation "
+                        "(0.43 on a Zen 5, 0.61 on a Sapphire Rapids Xeon: 8.4) (default: none)")
     parser.add_argument("--split", choices=("held_out", "val"), default=None,
                         help="score held_out.py's held-out half of train/, or val/ (default: the recipe's untouched "
                         "photos: held_out from scratch, val pretrained)")
