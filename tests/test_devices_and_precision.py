@@ -102,11 +102,20 @@ def test_auto_picks_the_cpu_without_accelerators():
 @pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"),
                                                         (False, False, "fp32")])
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)  # the CPU's flags decide, even under the AVX2 emulation
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert runtime.resolve_precision("auto", torch.device("cpu")) == expected
     assert runtime.resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert runtime.resolve_precision("auto", torch.device("mps")) == "fp32"
+
+
+@pytest.mark.parametrize("capability", ["avx2", "AVX2", "default"])
+def test_auto_precision_is_fp32_where_pytorch_is_held_to_avx2(monkeypatch, capability):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability)  # how the README emulates an AVX2-only CPU
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == "fp32"
 
 
 def test_auto_precision_on_cuda_follows_bf16_support(monkeypatch):
@@ -117,6 +126,7 @@ def test_auto_precision_on_cuda_follows_bf16_support(monkeypatch):
 
 @pytest.mark.parametrize("native, expected", [(False, "fp32"), (True, "bf16")])
 def test_checkpoints_record_the_precision_auto_chose(tiny_real, plain, tmp_path, monkeypatch, native, expected):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     out = tmp_path / "auto"
