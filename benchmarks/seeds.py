@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
     parser.add_argument("--train-args", default="", help="extra flags for train.py, e.g. '--time-budget 6.0' under the "
                         "AVX2 emulation for a Zen 3's 14 minutes: 14 x the Zen 3 / here ratio of benchmarks.emulation "
-                        "(0.43 on a Zen 5, 0.61 on a Sapphire Rapids Xeon: 8.4) (default: none)")
+                        "(0.43 on a Zen 5: 6.0; 0.61 on a Xeon with AMX: 8.4) (default: none)")
     parser.add_argument("--split", choices=("held_out", "val"), default=None,
                         help="score held_out.py's held-out half of train/, or val/ (default: the recipe's untouched "
                         "photos: held_out from scratch, val pretrained)")
